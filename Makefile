@@ -1,0 +1,36 @@
+# One entry point for people and CI. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+EXTRAS ?= train,cpu,dev
+RUN ?= runs/digits-mlp
+REPO ?= models
+MODEL ?= vae
+
+.PHONY: help install train test lint proto clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
+
+train: $(STAMP)  ## train the default digits model into runs/digits-mlp and write its report
+	$(BIN)/vae-train --dataset digits --arch mlp --latent-dim 8 --hidden-dim 128 \
+	  --epochs 60 --batch-size 32 --noise gaussian:0.2 --out $(RUN)
+	@echo "report: $(RUN)/report.md"
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint  ## ruff, mypy and the default test suite
+	$(BIN)/pytest -q
+
+clean:  ## remove the virtual environment and caches (keeps runs/ and models/)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,38 @@
+"""Session fixtures: one really trained tiny digits model, shared by every test package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+DIGITS_EPOCHS = 30
+
+
+def train_digits(out: Path, arch: str = "mlp", epochs: int = DIGITS_EPOCHS, **extra: object) -> Path:
+    """Train a digits model with the real CLI code path and return its run folder."""
+    from training.config import TrainConfig
+    from training.model import ModelConfig
+    from training.noise import Noise
+    from training.pipeline import fit
+
+    model = ModelConfig(arch=arch, latent_dim=8, hidden_dim=128, channels=8)
+    config = TrainConfig(dataset="digits", model=model, epochs=epochs, batch_size=32,
+                         noise=Noise.parse("gaussian:0.2"), iwae_samples=16, eval_images=64,
+                         out=out, **extra)  # type: ignore[arg-type]
+    fit(config)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLP trained on digits as a denoising VAE (what `make train` makes, smaller)."""
+    return train_digits(tmp_path_factory.mktemp("runs") / "digits-mlp")
+
+
+@pytest.fixture(scope="session")
+def digits_conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A conv model on digits, so the conv graphs are exported and served too."""
+    return train_digits(tmp_path_factory.mktemp("runs") / "digits-conv", arch="conv", epochs=10)

@@ -1,0 +1,58 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import train_digits
+from training.cli import main
+from training.data import load_digits
+from training.model import build_model
+from training.run_dir import load_run
+from training.train import evaluate_loss
+
+
+def test_training_lowers_test_loss_by_a_quarter(digits_run: Path) -> None:
+    run = load_run(digits_run)
+    test = torch.from_numpy(load_digits().test)
+    torch.manual_seed(0)
+    untrained = evaluate_loss(build_model(run.model.config), test, 512,
+                              torch.Generator().manual_seed(0))
+    trained = evaluate_loss(run.model, test, 512, torch.Generator().manual_seed(0))
+    assert trained < 0.75 * untrained, (trained, untrained)
+
+
+def test_run_folder_holds_everything(digits_run: Path) -> None:
+    names = {p.name for p in digits_run.iterdir()}
+    assert {"model.pt", "config.json", "metrics.json", "report.md", "samples.png",
+            "reconstructions.png", "denoising.png"} <= names
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    psnr = metrics["evaluation"]["psnr"]["gaussian:0.3"]
+    assert psnr["vae"] > psnr["noisy"]  # the denoising VAE really denoises
+
+
+def test_same_seed_gives_identical_weights(tmp_path: Path) -> None:
+    a = load_run(train_digits(tmp_path / "a", arch="conv", epochs=1)).model.state_dict()
+    b = load_run(train_digits(tmp_path / "b", arch="conv", epochs=1)).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--noise", "gaussian:2"], "noise 'gaussian:2' is invalid"),
+        (["--dataset", "mnist"], "needs --data-dir"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent"], "no such folder"),
+        (["evaluate", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_command_updates_report(digits_run: Path, capsys) -> None:
+    assert main(["evaluate", str(digits_run), "--iwae-samples", "4", "--eval-images", "8"]) == 0
+    assert "IWAE k=4 on 8" in capsys.readouterr().out

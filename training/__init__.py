@@ -1,0 +1,1 @@
+"""Train and evaluate a variational autoencoder (imports torch)."""

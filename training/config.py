@@ -1,0 +1,149 @@
+"""Every training and evaluation setting, its default and its flag: the one place they live."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from training.data import DATASETS
+from training.errors import UsageError
+from training.model import ARCHS, ModelConfig
+from training.noise import Noise
+
+REPORT_IWAE_SAMPLES = 5000
+"""k of the importance-sampled likelihood in reports (Burda et al. 2015 use 5000)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; written to config.json so the model can be rebuilt and audited."""
+
+    dataset: str = "digits"
+    data_dir: Path | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 1
+    noise: Noise = field(default_factory=Noise)
+    """Corruption of the inputs during training (targets stay clean): a denoising VAE."""
+    binarize: bool = False
+    """Train on dynamically binarised images (a fresh Bernoulli draw each time)."""
+    beta: float = 1.0
+    """Weight of the KL term; 1 is the ELBO."""
+    kl_warmup_epochs: float = 0.0
+    """Epochs over which the KL weight ramps linearly from 0 to beta; 0 = no warm-up."""
+    iwae_samples: int = 100
+    """k of the importance-sampled NLL computed at the end of training."""
+    eval_images: int = 1000
+    """Test images used for the importance-sampled NLL (it costs k decoder passes per image)."""
+    out: Path = Path("runs/digits-mlp")
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.model.latent_dim >= 1, f"--latent-dim must be >= 1, got {self.model.latent_dim}"),
+            (self.model.hidden_dim >= 1, f"--hidden-dim must be >= 1, got {self.model.hidden_dim}"),
+            (self.model.channels >= 1, f"--channels must be >= 1, got {self.model.channels}"),
+            (self.beta >= 0, f"--beta must be >= 0, got {self.beta}"),
+            (self.kl_warmup_epochs >= 0, "--kl-warmup-epochs must be >= 0"),
+            (self.iwae_samples >= 1, f"--iwae-samples must be >= 1, got {self.iwae_samples}"),
+            (self.eval_images >= 1, f"--eval-images must be >= 1, got {self.eval_images}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data.update(
+            data_dir=None if self.data_dir is None else str(self.data_dir),
+            model=self.model.to_dict(),
+            noise=str(self.noise),
+            out=str(self.out),
+        )
+        return data
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    m = ModelConfig()
+    p = argparse.ArgumentParser(
+        prog="vae-train",
+        description="Train a VAE and write a run folder (weights, config.json, metrics.json, "
+        "PNG pictures, report.md). Evaluate a finished run with: vae-train evaluate RUN",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="training data")
+    p.add_argument("--data-dir", type=Path, help="folder with the gzipped IDX files (mnist, "
+                   "fashion-mnist), e.g. ../shared/data/mnist")
+    p.add_argument("--arch", choices=ARCHS, default=m.arch, help="encoder/decoder family")
+    p.add_argument("--latent-dim", type=int, default=m.latent_dim, help="size of z")
+    p.add_argument("--hidden-dim", type=int, default=m.hidden_dim, help="dense layer width")
+    p.add_argument("--channels", type=int, default=m.channels, help="conv: first conv channels")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=d.seed, help="same seed, same weights (CPU)")
+    p.add_argument("--noise", default=str(d.noise),
+                   help="train as a denoising VAE: none, gaussian:SIGMA or salt-pepper:RATE")
+    p.add_argument("--binarize", action="store_true", help="dynamically binarise the images")
+    p.add_argument("--beta", type=float, default=d.beta, help="KL weight (1 = the ELBO)")
+    p.add_argument("--kl-warmup-epochs", type=float, default=d.kl_warmup_epochs,
+                   help="ramp the KL weight from 0 over this many epochs")
+    p.add_argument("--iwae-samples", type=int, default=d.iwae_samples,
+                   help="k of the importance-sampled NLL computed after training")
+    p.add_argument("--eval-images", type=int, default=d.eval_images,
+                   help="test images used for the importance-sampled NLL")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/DATASET-ARCH)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=d.device, help="torch device")
+    return p
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Turn parsed flags into a validated TrainConfig (raises UsageError)."""
+    model = ModelConfig(
+        arch=args.arch,
+        latent_dim=args.latent_dim,
+        hidden_dim=args.hidden_dim,
+        channels=args.channels,
+    )
+    return TrainConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        model=model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        noise=Noise.parse(args.noise),
+        binarize=args.binarize,
+        beta=args.beta,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+        iwae_samples=args.iwae_samples,
+        eval_images=args.eval_images,
+        out=args.out or Path("runs") / f"{args.dataset}-{args.arch}",
+        device=args.device,
+    )
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vae-train evaluate",
+        description="Evaluate a run folder on its test split: test loss, importance-sampled "
+        "NLL, reconstruction and denoising PSNR beside PCA and a median filter. Updates "
+        "metrics.json and report.md in the run folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", type=Path, help="run folder written by vae-train")
+    p.add_argument("--data-dir", type=Path, help="override the run's data folder")
+    p.add_argument("--iwae-samples", type=int, default=REPORT_IWAE_SAMPLES,
+                   help="k of the importance-sampled NLL")
+    p.add_argument("--eval-images", type=int, default=TrainConfig.eval_images,
+                   help="test images used for the importance-sampled NLL")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
+    return p

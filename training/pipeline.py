@@ -1,0 +1,95 @@
+"""Whole jobs: fit a model into a run folder, evaluate a run folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm import tqdm
+
+from training.config import TrainConfig
+from training.data import load_splits
+from training.errors import UsageError
+from training.evaluate import evaluate
+from training.model import build_model
+from training.noise import Noise
+from training.pictures import write_pictures
+from training.report import write_report
+from training.run_dir import load_run, save_run, write_json
+from training.train import evaluate_loss, kl_warmup, train_epoch
+
+logger = logging.getLogger(__name__)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    return torch.device(name)
+
+
+def fit(config: TrainConfig) -> dict[str, Any]:
+    """Train, evaluate and write the run folder; returns metrics.json's content."""
+    device = _device(config.device)
+    splits = load_splits(config.dataset, config.data_dir)
+    torch.manual_seed(config.seed)
+    model_config = replace(config.model, image_shape=splits.image_shape)
+    model = build_model(model_config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(splits.train)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    val = torch.from_numpy(splits.validation).to(device)
+    test = torch.from_numpy(splits.test).to(device)
+    run_config = {**config.to_dict(), "model": model_config.to_dict()}
+    history: list[dict[str, float]] = []
+    config.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    epochs = tqdm(range(config.epochs), desc="training", unit="epoch")
+    for epoch in epochs:
+        train_loss = train_epoch(
+            model, loader, optimizer, device, epoch=epoch,
+            beta=kl_warmup(config.beta, config.kl_warmup_epochs),
+            binarize=config.binarize, noise=config.noise, generator=generator,
+        )
+        val_loss = evaluate_loss(model, val, 1000, torch.Generator(device=device).manual_seed(0))
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+        epochs.write(f"epoch {epoch + 1}: train loss {train_loss:.2f}, "
+                     f"validation loss {val_loss:.2f} (nats per image)")
+        write_pictures(model, test, config.noise, config.out)
+    seconds = time.monotonic() - started
+    metrics: dict[str, Any] = {"history": history, "seconds_per_epoch": seconds / config.epochs}
+    metrics["evaluation"] = evaluate(
+        model, splits.train, splits.test, trained_noise=config.noise,
+        iwae_samples=config.iwae_samples, eval_images=config.eval_images, device=device,
+    )
+    save_run(config.out, model.cpu(), run_config, metrics)
+    write_report(config.out, run_config, metrics)
+    return metrics
+
+
+def evaluate_run(
+    path: Path, data_dir: Path | None, iwae_samples: int, eval_images: int, device_name: str
+) -> dict[str, Any]:
+    """Re-evaluate a run folder (e.g. with k=5000) and update metrics.json and report.md."""
+    device = _device(device_name)
+    run = load_run(path, device_name)
+    config = run.config
+    folder = Path(config["data_dir"]) if data_dir is None and config["data_dir"] else data_dir
+    splits = load_splits(config["dataset"], folder)
+    metrics = dict(run.metrics)
+    metrics["evaluation"] = evaluate(
+        run.model, splits.train, splits.test, trained_noise=Noise.parse(config["noise"]),
+        iwae_samples=iwae_samples, eval_images=eval_images, device=device,
+    )
+    write_json(path / "metrics.json", metrics)
+    write_report(path, config, metrics)
+    return metrics
