@@ -1,0 +1,1 @@
+"""Export a trained run to the versioned ONNX model repository (imports torch and onnx)."""

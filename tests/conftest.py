@@ -36,3 +36,19 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A conv model on digits, so the conv graphs are exported and served too."""
     return train_digits(tmp_path_factory.mktemp("runs") / "digits-conv", arch="conv", epochs=10)
+
+
+def publish_run(run: Path, repo: Path, model_name: str = "vae") -> Path:
+    from export.publish import publish
+
+    return publish(run, repo, model_name)
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory, digits_run: Path,
+               digits_conv_run: Path) -> Path:
+    """A repository with models/vae/1 (MLP) and models/vae-conv/1 (conv), really exported."""
+    repo = tmp_path_factory.mktemp("repo") / "models"
+    publish_run(digits_run, repo, "vae")
+    publish_run(digits_conv_run, repo, "vae-conv")
+    return repo

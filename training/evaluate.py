@@ -79,7 +79,7 @@ class Pca:
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         flat = images.reshape(len(images), -1) - self.mean
         out = (flat @ self.components.T) @ self.components + self.mean
-        return np.clip(out, 0.0, 1.0).reshape(images.shape).astype(np.float32)
+        return np.asarray(np.clip(out, 0.0, 1.0).reshape(images.shape), dtype=np.float32)
 
 
 @torch.no_grad()

@@ -1,0 +1,140 @@
+"""Publish a run as the next version of a model: write to a temp folder, verify, rename."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from export import verify
+from export.onnx_export import OPSET, export_graphs
+from service.repository import (
+    DECODER,
+    ENCODER,
+    MANIFEST,
+    Manifest,
+    published_versions,
+    read_manifest,
+    sha256_file,
+    verify_graphs,
+)
+from training.data import load_splits
+from training.errors import UsageError
+from training.run_dir import Run, load_run
+
+logger = logging.getLogger(__name__)
+TEMP_PREFIX = ".tmp-"
+"""Unpublished work folders start with this; readers only see all-digit folder names."""
+
+
+def _parity_inputs(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """Real test images of the run's dataset, and prior draws, 64 of each."""
+    data_dir = run.config.get("data_dir")
+    splits = load_splits(run.config["dataset"], Path(data_dir) if data_dir else None)
+    n = max(verify.PARITY_BATCH_SIZES)
+    latents = np.random.default_rng(0).standard_normal((n, run.model.config.latent_dim))
+    return np.ascontiguousarray(splits.test[:n]), latents.astype(np.float32)
+
+
+def _choose_version(repo: Path, model_name: str, version: int | None) -> int:
+    existing = published_versions(repo, model_name)
+    if version is None:
+        return (existing[-1] if existing else 0) + 1
+    if version < 1:
+        raise UsageError(f"--version must be >= 1, got {version}")
+    if version in existing or (repo / model_name / str(version)).exists():
+        raise UsageError(f"{repo / model_name / str(version)} already exists; versions are never "
+                         "overwritten: pick another --version or omit it for the next one")
+    return version
+
+
+def _prepare_repo(repo: Path, model_name: str) -> Path:
+    if repo.exists() and not repo.is_dir():
+        raise UsageError(f"--repo {repo} is a file; give a folder for the model repository")
+    folder = repo / model_name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def publish(run_path: Path, repo: Path, model_name: str, version: int | None = None,
+            opset: int = OPSET) -> Path:
+    """Export, verify and atomically publish; returns the new version folder."""
+    run = load_run(run_path)
+    model_folder = _prepare_repo(repo, model_name)
+    chosen = _choose_version(repo, model_name, version)
+    work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=model_folder))
+    steps = tqdm(total=4, desc=f"{model_name} v{chosen}", unit="step", leave=False)
+    try:
+        steps.set_postfix_str("export")
+        encoder, decoder = export_graphs(run.model, work, opset)
+        steps.update()
+        steps.set_postfix_str("onnx checker")
+        shape, latent = run.model.config.image_shape, run.model.config.latent_dim
+        verify.check_graph(encoder, {"x": shape}, {"mean": (latent,), "log_var": (latent,)})
+        verify.check_graph(decoder, {"z": (latent,)}, {"x_hat": shape})
+        steps.update()
+        steps.set_postfix_str("parity")
+        images, latents = _parity_inputs(run)
+        errors = verify.parity_errors(run.model, encoder, decoder, images, latents)
+        verify.require_parity(errors)
+        steps.update()
+        manifest = _manifest(run, model_name, chosen, opset, work, errors)
+        (work / MANIFEST).write_text(manifest.to_json())
+        steps.update()
+        steps.close()
+        work.chmod(0o755)  # mkdtemp makes it owner-only; servers often run as another user
+        final = model_folder / str(chosen)
+        os.rename(work, final)  # atomic on one filesystem: readers see all or nothing
+    except BaseException:
+        steps.close()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    logger.info("published %s (parity %s)", final, errors)
+    return final
+
+
+def _manifest(run: Run, model_name: str, version: int, opset: int, folder: Path,
+              errors: dict[str, float]) -> Manifest:
+    config = run.model.config
+    return Manifest(
+        model_name=model_name,
+        version=version,
+        image_shape=config.image_shape,
+        latent_dim=config.latent_dim,
+        arch=config.arch,
+        opset=opset,
+        sha256={name: sha256_file(folder / name) for name in (ENCODER, DECODER)},
+        parity={**errors, "tolerance": verify.PARITY_TOLERANCE,
+                "batch_sizes": list(verify.PARITY_BATCH_SIZES)},
+        versions={"torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": ort.__version__},
+        training={
+            "run": run.path.name,
+            "dataset": run.config["dataset"],
+            "noise": run.config["noise"],
+            "binarize": run.config.get("binarize", False),
+            "epochs": run.config.get("epochs"),
+            "metrics": run.metrics.get("evaluation", {}),
+        },
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def check_version(version_dir: Path) -> Manifest:
+    """Re-verify a published version: schema, sha256 of both graphs, load and a small run."""
+    if not version_dir.is_dir():
+        raise UsageError(f"{version_dir}: no such version folder")
+    manifest = read_manifest(version_dir)
+    verify_graphs(version_dir, manifest)
+    verify.smoke_run(version_dir / ENCODER, version_dir / DECODER, manifest.image_shape,
+                     manifest.latent_dim)
+    return manifest

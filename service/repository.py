@@ -1,0 +1,142 @@
+"""The model repository: versioned folders, the typed manifest, and the sha256 check.
+
+Imports neither torch nor onnx: the serving image reads manifests with this module, and
+vae-export writes them with it, so both sides share one schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ENCODER = "encoder.onnx"
+DECODER = "decoder.onnx"
+GRAPH_FILES = {"encoder": ENCODER, "decoder": DECODER}
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable or not of this schema; says which field."""
+
+
+class IntegrityError(ValueError):
+    """A graph whose bytes do not match the sha256 its manifest records."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What vae-export publishes beside the two graphs (docs/model-repository.md)."""
+
+    model_name: str
+    version: int
+    image_shape: tuple[int, int, int]
+    latent_dim: int
+    arch: str
+    opset: int
+    sha256: dict[str, str]
+    """Graph file name -> hex sha256 of its bytes."""
+    parity: dict[str, Any]
+    """Output name -> max abs error against torch; also the tolerance and batch sizes checked."""
+    versions: dict[str, str]
+    """Library -> version used to export (torch, onnx, onnxruntime)."""
+    training: dict[str, Any]
+    """Dataset, denoising noise and metrics of the run that produced the weights."""
+    created: str
+    """UTC, ISO-8601."""
+    schema_version: int = SCHEMA_VERSION
+    inputs: dict[str, str] = field(default_factory=lambda: {"encoder": "x", "decoder": "z"})
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["image_shape"] = list(self.image_shape)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "manifest") -> Manifest:
+        """Validate every field's type; a mismatch raises ManifestError naming the field."""
+        if not isinstance(data, dict):
+            raise ManifestError(f"{source}: expected a JSON object")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ManifestError(f"{source}: schema_version is {data.get('schema_version')!r}, "
+                                f"this reader understands {SCHEMA_VERSION}")
+        expected: dict[str, type | tuple[type, ...]] = {
+            "model_name": str, "version": int, "image_shape": list, "latent_dim": int,
+            "arch": str, "opset": int, "sha256": dict, "parity": dict, "versions": dict,
+            "training": dict, "created": str, "inputs": dict,
+        }
+        for name, kind in expected.items():
+            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+                raise ManifestError(f"{source}: field {name!r} must be {_kind_name(kind)}, "
+                                    f"got {data.get(name)!r}")
+        shape = data["image_shape"]
+        if len(shape) != 3 or not all(isinstance(v, int) and v > 0 for v in shape):
+            raise ManifestError(f"{source}: image_shape must be [C, H, W] of positive ints")
+        if data["latent_dim"] < 1 or data["version"] < 1:
+            raise ManifestError(f"{source}: latent_dim and version must be >= 1")
+        if set(data["sha256"]) != set(GRAPH_FILES.values()):
+            raise ManifestError(f"{source}: sha256 must name exactly {sorted(GRAPH_FILES.values())}")
+        return cls(**{**data, "image_shape": (shape[0], shape[1], shape[2])})
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return {list: "a list", dict: "an object", str: "a string", int: "an integer"}.get(
+        kind if isinstance(kind, type) else list, str(kind))
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Read and validate version_dir/manifest.json."""
+    path = version_dir / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ManifestError(f"{path}: no manifest; is {version_dir} a published version?") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise ManifestError(f"{path}: not readable JSON ({err})") from err
+    return Manifest.from_dict(data, str(path))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_graphs(version_dir: Path, manifest: Manifest) -> None:
+    """Refuse a graph whose bytes differ from the manifest: names the file and both hashes."""
+    for name, expected in sorted(manifest.sha256.items()):
+        path = version_dir / name
+        if not path.is_file():
+            raise IntegrityError(f"{path}: missing; the manifest lists it")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise IntegrityError(
+                f"{path}: sha256 {actual} does not match the manifest's {expected}; "
+                "the graph was changed after export; re-export it"
+            )
+
+
+def published_versions(repo: Path, model_name: str) -> list[int]:
+    """Published versions, ascending; only all-digit folder names count (never a temp folder)."""
+    folder = repo / model_name
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def resolve_version(repo: Path, model_name: str, version: int) -> Path:
+    """The folder of `version`, or of the newest one when version is 0."""
+    versions = published_versions(repo, model_name)
+    if not versions:
+        raise ManifestError(f"no published version of model {model_name!r} in {repo}; "
+                            "export one with vae-export")
+    chosen = versions[-1] if version == 0 else version
+    if chosen not in versions:
+        raise ManifestError(f"model {model_name!r} has no version {version} in {repo}; "
+                            f"published: {versions}")
+    return repo / model_name / str(chosen)

@@ -1,0 +1,134 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export import verify
+from export.cli import main
+from service.repository import read_manifest
+from tests.conftest import ROOT
+from training.data import load_digits
+from training.run_dir import load_run
+
+
+@pytest.mark.parametrize("model", ["vae", "vae-conv"])
+def test_parity_within_tolerance_at_three_batch_sizes(model_repo: Path, digits_run: Path,
+                                                      digits_conv_run: Path, model: str) -> None:
+    run = load_run(digits_run if model == "vae" else digits_conv_run)
+    folder = model_repo / model / "1"
+    images = load_digits().test[:64]
+    latents = np.random.default_rng(5).standard_normal((64, 8)).astype(np.float32)
+    errors = verify.parity_errors(run.model, folder / "encoder.onnx", folder / "decoder.onnx",
+                                  images, latents)
+    assert max(errors.values()) <= 1e-5
+    manifest = read_manifest(folder)
+    assert manifest.parity["batch_sizes"] == [1, 3, 64] and manifest.parity["x_hat"] <= 1e-5
+
+
+def test_graphs_have_the_design_signature_and_a_dynamic_batch(model_repo: Path) -> None:
+    folder = model_repo / "vae" / "1"
+    verify.check_graph(folder / "encoder.onnx", {"x": (1, 8, 8)}, {"mean": (8,), "log_var": (8,)})
+    verify.check_graph(folder / "decoder.onnx", {"z": (8,)}, {"x_hat": (1, 8, 8)})
+    decoder = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 100):
+        (x_hat,) = decoder.run(None, {"z": np.zeros((n, 8), np.float32)})
+        assert x_hat.shape == (n, 1, 8, 8) and 0 <= x_hat.min() <= x_hat.max() <= 1
+
+
+def test_manifest_records_provenance(model_repo: Path) -> None:
+    manifest = read_manifest(model_repo / "vae" / "1")
+    assert (manifest.version, manifest.image_shape, manifest.latent_dim) == (1, (1, 8, 8), 8)
+    assert manifest.training["dataset"] == "digits" and manifest.training["noise"] == "gaussian:0.2"
+    assert set(manifest.versions) == {"torch", "onnx", "onnxruntime"} and manifest.opset >= 18
+    assert manifest.created.endswith("+00:00")
+
+
+def test_check_accepts_a_published_version(model_repo: Path, capsys) -> None:
+    assert main(["--check", str(model_repo / "vae" / "1")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_flipped_byte_fails_check_naming_file_and_hashes(model_repo: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    copy = shutil.copytree(model_repo / "vae" / "1", tmp_path / "1")
+    blob = bytearray((copy / "decoder.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / "decoder.onnx").write_bytes(bytes(blob))
+    assert main(["--check", str(copy)]) == 2
+    err = capsys.readouterr().err
+    expected = read_manifest(copy).sha256["decoder.onnx"]
+    assert "decoder.onnx: sha256 " in err and f"manifest's {expected}" in err
+
+
+def test_failure_midway_leaves_no_version_folder(digits_run: Path, tmp_path: Path,
+                                                 monkeypatch) -> None:
+    monkeypatch.setattr(verify, "parity_errors", lambda *a: {"mean": 0.5, "log_var": 0, "x_hat": 0})
+    assert main([str(digits_run), "--repo", str(tmp_path)]) == 1
+    assert list((tmp_path / "vae").iterdir()) == []
+
+
+def test_export_picks_next_version_and_never_overwrites(digits_run: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    assert main([str(digits_run), "--repo", str(tmp_path), "--version", "3"]) == 0
+    assert main([str(digits_run), "--repo", str(tmp_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["3", "4"]
+    assert main([str(digits_run), "--repo", str(tmp_path), "--version", "4"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def _broken_run(kind: str, digits_run: Path, tmp_path: Path) -> Path:
+    run = shutil.copytree(digits_run, tmp_path / "run")
+    if kind == "no-weights":
+        (run / "model.pt").unlink()
+    else:
+        config = json.loads((run / "config.json").read_text())
+        config["model"]["latent_dim"] = 9
+        (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("no-weights", "has no model.pt"),
+    ("mismatch", "model.pt does not match config.json"),
+])
+def test_bad_run_folders_exit_2(kind: str, message: str, digits_run: Path, tmp_path: Path,
+                                capsys) -> None:
+    assert main([str(_broken_run(kind, digits_run, tmp_path)), "--repo", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_run_and_file_repo_exit_2(digits_run: Path, tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "nope"), "--repo", str(tmp_path)]) == 2
+    (tmp_path / "file").write_text("x")
+    assert main([str(digits_run), "--repo", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "is a file" in err
+
+
+def test_manifest_reader_needs_neither_torch_nor_onnx(model_repo: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None\n"
+        "from pathlib import Path\nfrom service.repository import read_manifest, verify_graphs\n"
+        f"folder = Path({str(model_repo / 'vae' / '1')!r})\n"
+        "m = read_manifest(folder); verify_graphs(folder, m); print(m.latent_dim)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "8"
+
+
+def test_invalid_manifest_is_explained(model_repo: Path, tmp_path: Path) -> None:
+    from service.repository import ManifestError
+
+    copy = shutil.copytree(model_repo / "vae" / "1", tmp_path / "1")
+    data = json.loads((copy / "manifest.json").read_text())
+    data["latent_dim"] = "eight"
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="field 'latent_dim' must be an integer"):
+        read_manifest(copy)
