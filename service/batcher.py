@@ -1,0 +1,194 @@
+"""DynamicBatcher: coalesce concurrent requests for one graph into ONNX Runtime calls.
+
+ndarrays in, ndarrays out; no grpc, no protobuf, so any front (vae.v1, a later KServe v2)
+shares it. Rows, not requests, count against max_batch_size and max_queue_rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
+
+logger = logging.getLogger(__name__)
+RunBatch = Callable[[np.ndarray], list[np.ndarray]]
+"""Runs one batch [n, ...] and returns outputs with n rows each; called in a worker thread."""
+
+
+class BatchObserver(Protocol):
+    """Where the batcher reports what it does (metrics); every method must be cheap."""
+
+    def queue_rows(self, rows: int) -> None: ...
+    def waited(self, seconds: float) -> None: ...
+    def executed(self, rows: int, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def queue_rows(self, rows: int) -> None:
+        pass
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+    def executed(self, rows: int, seconds: float) -> None:
+        pass
+
+
+@dataclass
+class _Pending:
+    """One chunk of a request (at most max_batch_size rows) waiting for its outputs."""
+
+    rows: np.ndarray
+    deadline_s: float | None
+    future: asyncio.Future[list[np.ndarray]]
+    enqueued_s: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """One per graph: a bounded row queue drained by `instances` runners into `run_batch`."""
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int,
+        max_queue_delay_us: int = 0,
+        max_queue_rows: int = 4096,
+        instances: int = 1,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_rows = max_queue_rows
+        self._delay_s = max_queue_delay_us / 1e6
+        self._run_batch = run_batch
+        self._observer = observer or _NoObserver()
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"ort-{name}")
+        self._runners = [asyncio.create_task(self._serve(), name=f"batcher-{name}-{i}")
+                         for i in range(instances)]
+        self._closed = False
+
+    async def submit(self, batch: np.ndarray, deadline_s: float | None = None) -> list[np.ndarray]:
+        """Queue a request's rows (split into chunks of max_batch_size); await its outputs.
+
+        deadline_s is on the time.monotonic() clock; rows still queued past it are dropped.
+        """
+        rows = len(batch)
+        if self._closed:
+            raise ModelUnavailable("the server is shutting down; retry on another replica")
+        if rows > self.max_queue_rows:
+            raise QueueFull(f"{rows} items exceed max_queue_rows {self.max_queue_rows}; split the "
+                            "request")
+        if self._queued_rows + rows > self.max_queue_rows:
+            raise QueueFull(f"{self.name} queue full ({self._queued_rows} of "
+                            f"{self.max_queue_rows} rows waiting); retry with backoff")
+        loop = asyncio.get_running_loop()
+        chunks = [
+            _Pending(batch[start : start + self.max_batch_size], deadline_s, loop.create_future())
+            for start in range(0, rows, self.max_batch_size)
+        ]
+        self._queue.extend(chunks)
+        self._queued_rows += rows
+        self._observer.queue_rows(self._queued_rows)
+        self._arrived.set()
+        try:
+            parts = await asyncio.gather(*(c.future for c in chunks))
+        except BaseException:
+            for chunk in chunks:  # one chunk failed or the client left: drop the rest too
+                chunk.future.cancel()
+            raise
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+    async def close(self) -> None:
+        """Stop the runners; requests still queued get ModelUnavailable."""
+        self._closed = True
+        for runner in self._runners:
+            runner.cancel()
+        for runner in self._runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(ModelUnavailable("the server is shutting down"))
+        self._queued_rows = 0
+        self._executor.shutdown(wait=True)
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+            started = time.monotonic()
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
+            except Exception as err:  # the graph failed: fail this batch, keep serving
+                logger.exception("%s: batch of %d rows failed", self.name, len(inputs))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(err)
+                continue
+            self._observer.executed(len(inputs), time.monotonic() - started)
+            offset = 0
+            for pending in batch:
+                end = offset + len(pending.rows)
+                if not pending.future.done():  # its client may have gone
+                    pending.future.set_result([out[offset:end] for out in outputs])
+                offset = end
+
+    async def _next_batch(self) -> list[_Pending]:
+        """Wait for work; with a delay, give a partial batch until the oldest row's deadline."""
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self._delay_s > 0:
+            flush_at = self._queue[0].enqueued_s + self._delay_s
+            while self._queued_rows < self.max_batch_size:
+                remaining = flush_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+        return self._take()
+
+    def _take(self) -> list[_Pending]:
+        """Pop the largest batch that fits; drop chunks cancelled or past their deadline."""
+        batch: list[_Pending] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue and rows + len(self._queue[0].rows) <= self.max_batch_size:
+            pending = self._queue.popleft()
+            self._queued_rows -= len(pending.rows)
+            if pending.future.done():
+                continue
+            if pending.deadline_s is not None and now > pending.deadline_s:
+                pending.future.set_exception(DeadlineExpired(
+                    f"deadline passed after {now - pending.enqueued_s:.3f} s in the {self.name} "
+                    "queue; raise the deadline or reduce load"))
+                continue
+            self._observer.waited(now - pending.enqueued_s)
+            batch.append(pending)
+            rows += len(pending.rows)
+        self._observer.queue_rows(self._queued_rows)
+        return batch

@@ -1,0 +1,33 @@
+"""`vae-serve`: parse flags (VAE_SERVE_* twins), configure logging, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from service.config import ConfigError, ServerConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = ServerConfig.from_args(argv)
+    except ConfigError as err:
+        print(f"vae-serve: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.errors import ServiceError
+    from service.repository import IntegrityError, ManifestError
+    from service.server import serve
+
+    try:
+        asyncio.run(serve(config))
+    except (ServiceError, ManifestError, IntegrityError, OSError) as err:
+        print(f"vae-serve: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Plain exceptions the core raises; only servicer.py maps them to gRPC status codes."""
+
+
+class ServiceError(Exception):
+    """Base class: the message is shown to the client and must say what to do."""
+
+
+class InvalidInput(ServiceError):
+    """The request is malformed: shape, byte length, NaN/Inf, range, count."""
+
+
+class QueueFull(ServiceError):
+    """The bounded queue cannot take the request's rows now; retry with backoff."""
+
+
+class DeadlineExpired(ServiceError):
+    """The request's deadline passed before it could be computed."""
+
+
+class ModelUnavailable(ServiceError):
+    """No model is loaded, or the server is draining."""

@@ -1,0 +1,77 @@
+"""Every Prometheus metric of DESIGN.md, created once against a registry passed in."""
+
+from __future__ import annotations
+
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+METRIC_NAMES = (
+    "vae_requests_total",
+    "vae_request_duration_seconds",
+    "vae_queue_duration_seconds",
+    "vae_compute_duration_seconds",
+    "vae_batch_rows",
+    "vae_queue_rows",
+    "vae_inflight_requests",
+    "vae_items_total",
+    "vae_model_info",
+)
+"""Stable names: dashboards, the HPA and the k8s checks depend on them."""
+LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """The service's metrics; labels are methods, graphs and status codes: all bounded sets."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter("vae_requests", "RPCs finished, by method and status code",
+                                ["method", "code"], registry=registry)
+        self.request_seconds = Histogram("vae_request_duration_seconds",
+                                         "RPC latency in the server", ["method"],
+                                         buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.queue_seconds = Histogram("vae_queue_duration_seconds",
+                                       "Time a request's rows waited in a graph's queue",
+                                       ["graph"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.compute_seconds = Histogram("vae_compute_duration_seconds",
+                                         "ONNX Runtime time per executed batch", ["graph"],
+                                         buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.batch_rows = Histogram("vae_batch_rows", "Rows per executed batch", ["graph"],
+                                    buckets=ROW_BUCKETS, registry=registry)
+        self.queue_rows = Gauge("vae_queue_rows", "Rows waiting in a graph's queue", ["graph"],
+                                registry=registry)
+        self.inflight = Gauge("vae_inflight_requests", "RPCs being handled now",
+                              registry=registry)
+        self.items = Counter("vae_items", "Items (images or latents) returned, by method",
+                             ["method"], registry=registry)
+        self.model_info = Gauge("vae_model_info", "The served model version and provider (= 1)",
+                                ["version", "provider"], registry=registry)
+
+
+class GraphObserver:
+    """Feeds one graph's batcher events into the metrics (implements BatchObserver)."""
+
+    def __init__(self, metrics: Metrics, graph: str) -> None:
+        self._queue_rows = metrics.queue_rows.labels(graph)
+        self._queue_seconds = metrics.queue_seconds.labels(graph)
+        self._compute_seconds = metrics.compute_seconds.labels(graph)
+        self._batch_rows = metrics.batch_rows.labels(graph)
+
+    def queue_rows(self, rows: int) -> None:
+        self._queue_rows.set(rows)
+
+    def waited(self, seconds: float) -> None:
+        self._queue_seconds.observe(seconds)
+
+    def executed(self, rows: int, seconds: float) -> None:
+        self._batch_rows.observe(rows)
+        self._compute_seconds.observe(seconds)
+
+
+def serve_metrics(port: int, host: str, registry: CollectorRegistry) -> WSGIServer:
+    """Expose /metrics over HTTP on its own port (0 picks one: see .server_port)."""
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server

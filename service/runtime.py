@@ -1,0 +1,60 @@
+"""The only module that imports onnxruntime: sessions, execution providers, I/O binding."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import ModelUnavailable
+
+logger = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def choose_providers(device: str) -> list[str]:
+    """auto: CUDA first when this onnxruntime has it; cuda: CUDA or refuse; cpu: CPU."""
+    has_cuda = CUDA in available_providers()
+    if device == "cuda" and not has_cuda:
+        raise ModelUnavailable(
+            "--device cuda: this onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(available_providers())}); install the gpu extra "
+            "(onnxruntime-gpu) on a machine with a GPU, or use --device auto"
+        )
+    return [CUDA, CPU] if device in ("cuda", "auto") and has_cuda else [CPU]
+
+
+class OrtRunner:
+    """One InferenceSession; `run` may be called from several threads at once (ORT allows it)."""
+
+    def __init__(self, path: Path, device: str, intra_op_threads: int) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = choose_providers(device)
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider != CUDA:
+            raise ModelUnavailable(f"--device cuda: CUDA could not be initialised for {path.name} "
+                                   f"(got {self.provider}); is a GPU visible to this process?")
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one batch; on CUDA through I/O binding so each tensor crosses the bus once."""
+        if self.provider != CUDA:
+            return list(self.session.run(self.output_names, {self.input_name: batch}))
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name,
+                                    ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())

@@ -1,0 +1,116 @@
+"""Build and run the grpc.aio server: VaeService, health, reflection, metrics, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha._async import ReflectionServicer
+from prometheus_client import CollectorRegistry
+
+from service.config import ServerConfig
+from service.metrics import GraphObserver, Metrics, serve_metrics
+from service.model import VaeModel
+from service.servicer import VaeServicer
+from service.vae.v1 import vae_pb2, vae_pb2_grpc
+
+logger = logging.getLogger(__name__)
+SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class MethodAwareReflection(ReflectionServicer):  # type: ignore[misc]
+    """Also resolves method symbols (vae.v1.VaeService.Sample), which ghz asks for.
+
+    grpcio's reflection only knows message and service symbols (grpc/grpc#34743,
+    bojand/ghz#419); a method resolves to the file of its service.
+    """
+
+    def _file_containing_symbol(self, request, fully_qualified_name):  # type: ignore[no-untyped-def]
+        response = super()._file_containing_symbol(request, fully_qualified_name)
+        if not response.HasField("error_response"):
+            return response
+        service_name, _, method = fully_qualified_name.rpartition(".")
+        try:
+            service = self._pool.FindServiceByName(service_name)
+        except KeyError:
+            return response
+        if method not in service.methods_by_name:
+            return response
+        return super()._file_containing_symbol(request, service_name)
+
+
+@dataclass
+class RunningServer:
+    """A started server and what it owns; `stop` drains in that order."""
+
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int
+    health: HealthServicer
+    model: VaeModel
+    metrics: Metrics
+    metrics_http: WSGIServer | None
+
+    async def stop(self, grace_s: float) -> None:
+        """NOT_SERVING at once, new RPCs refused, in-flight ones get grace_s to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        await self.model.close()
+        if self.metrics_http is not None:
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
+
+
+async def build_server(config: ServerConfig, registry: CollectorRegistry | None = None
+                       ) -> RunningServer:
+    """Load and warm the model, then start serving; health is SERVING when this returns."""
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    observers = {graph: GraphObserver(metrics, graph) for graph in ("encoder", "decoder")}
+    model = VaeModel.load(config, observers)  # type: ignore[arg-type]
+    metrics.model_info.labels(str(model.manifest.version), model.provider).set(1)
+    options = [("grpc.max_receive_message_length", config.max_message_bytes),
+               ("grpc.max_send_message_length", config.max_message_bytes),
+               ("grpc.so_reuseport", 0)]
+    server = grpc.aio.server(options=options)
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(model, metrics, config), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflected = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection_servicer = MethodAwareReflection(reflected)
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    await server.start()
+    metrics_http = None
+    metrics_port = -1
+    if config.metrics_port >= 0:
+        metrics_http = serve_metrics(config.metrics_port, config.host, registry)
+        metrics_port = int(metrics_http.server_port)
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("serving %s on %s:%d (metrics :%d) with %s", model.folder_name, config.host,
+                port, metrics_port, model.provider)
+    return RunningServer(server, port, metrics_port, health, model, metrics, metrics_http)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain within config.grace_s."""
+    running = await build_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("draining: NOT_SERVING, up to %.1f s for in-flight requests", config.grace_s)
+    await running.stop(config.grace_s)
+    logger.info("stopped")

@@ -1,0 +1,98 @@
+"""The batcher as a function over a queue, with a plain numpy graph."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from service.batcher import DynamicBatcher
+from service.errors import DeadlineExpired, QueueFull
+
+
+class Graph:
+    """Doubles its input and records the rows of every batch it runs."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.seconds = seconds
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.batches.append(len(batch))
+        time.sleep(self.seconds)
+        if np.isnan(batch).any():
+            raise ValueError("graph failed")
+        return [batch * 2]
+
+
+def rows(n: int, start: int = 0) -> np.ndarray:
+    return np.arange(start, start + n, dtype=np.float32)[:, None]
+
+
+async def test_concurrent_rows_coalesce_within_the_delay() -> None:
+    graph = Graph()
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, max_queue_delay_us=200_000)
+    outs = await asyncio.gather(*(batcher.submit(rows(1, i)) for i in range(10)))
+    assert graph.batches == [10]
+    assert [float(o[0][0, 0]) for o in outs] == [2.0 * i for i in range(10)]
+    await batcher.close()
+
+
+async def test_full_batch_runs_before_the_delay() -> None:
+    graph = Graph()
+    batcher = DynamicBatcher("g", graph, max_batch_size=4, max_queue_delay_us=5_000_000)
+    started = time.monotonic()
+    await asyncio.gather(*(batcher.submit(rows(1)) for _ in range(4)))
+    assert graph.batches == [4] and time.monotonic() - started < 2.0
+    await batcher.close()
+
+
+async def test_large_request_is_split_and_reassembled_in_order() -> None:
+    graph = Graph()
+    batcher = DynamicBatcher("g", graph, max_batch_size=4)
+    (out,) = await batcher.submit(rows(10))
+    assert graph.batches == [4, 4, 2]
+    np.testing.assert_array_equal(out, rows(10) * 2)
+    await batcher.close()
+
+
+async def test_opportunistic_batches_form_while_one_runs() -> None:
+    graph = Graph(seconds=0.2)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(first, *(batcher.submit(rows(1)) for _ in range(5)))
+    assert graph.batches == [1, 5]
+    await batcher.close()
+
+
+async def test_queue_full_is_immediate_and_bounded() -> None:
+    batcher = DynamicBatcher("g", Graph(), max_batch_size=64, max_queue_delay_us=500_000,
+                             max_queue_rows=8)
+    waiting = asyncio.create_task(batcher.submit(rows(5)))
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull, match="queue full"):
+        await batcher.submit(rows(5))
+    with pytest.raises(QueueFull, match="exceed max_queue_rows 8"):
+        await batcher.submit(rows(9))
+    assert len((await waiting)[0]) == 5
+    await batcher.close()
+
+
+async def test_rows_past_their_deadline_are_dropped_before_compute() -> None:
+    graph = Graph()
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, max_queue_delay_us=100_000)
+    with pytest.raises(DeadlineExpired, match="deadline passed"):
+        await batcher.submit(rows(3), deadline_s=time.monotonic() + 0.01)
+    assert graph.batches == []
+    await batcher.close()
+
+
+async def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
+    graph = Graph()
+    batcher = DynamicBatcher("g", graph, max_batch_size=64)
+    with pytest.raises(ValueError, match="graph failed"):
+        await batcher.submit(np.full((2, 1), np.nan, np.float32))
+    (out,) = await batcher.submit(rows(2))
+    np.testing.assert_array_equal(out, rows(2) * 2)
+    await batcher.close()
