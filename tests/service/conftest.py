@@ -16,7 +16,7 @@ from service.vae.v1 import vae_pb2_grpc
 StartServer = Callable[..., Awaitable[RunningServer]]
 
 
-def test_config(repo: Path, **overrides: object) -> ServerConfig:
+def server_config(repo: Path, **overrides: object) -> ServerConfig:
     base = ServerConfig(model_repo=repo, port=0, metrics_port=-1, device="cpu", grace_s=2.0)
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -27,7 +27,7 @@ async def start_server(model_repo: Path) -> AsyncIterator[StartServer]:
     started: list[RunningServer] = []
 
     async def start(**overrides: object) -> RunningServer:
-        running = await build_server(test_config(model_repo, **overrides))
+        running = await build_server(server_config(model_repo, **overrides))
         started.append(running)
         return running
 
