@@ -8,7 +8,7 @@ RUN ?= runs/digits-mlp
 REPO ?= models
 MODEL ?= vae
 
-.PHONY: help install train test lint proto clean
+.PHONY: help install train export serve test lint proto clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,6 +24,19 @@ train: $(STAMP)  ## train the default digits model into runs/digits-mlp and writ
 	$(BIN)/vae-train --dataset digits --arch mlp --latent-dim 8 --hidden-dim 128 \
 	  --epochs 60 --batch-size 32 --noise gaussian:0.2 --out $(RUN)
 	@echo "report: $(RUN)/report.md"
+
+export: $(STAMP)  ## publish $(RUN) as the next version of $(REPO)/$(MODEL)
+	$(BIN)/vae-export $(RUN) --repo $(REPO) --model $(MODEL)
+
+serve: $(STAMP)  ## serve $(REPO)/$(MODEL) on 127.0.0.1:50051 (trains and exports digits first if empty)
+	@if ! ls -d $(REPO)/$(MODEL)/[0-9]* >/dev/null 2>&1; then \
+	  test -f $(RUN)/model.pt || $(MAKE) --no-print-directory train; \
+	  $(MAKE) --no-print-directory export; \
+	fi
+	$(BIN)/vae-serve --model-repo $(REPO) --model-name $(MODEL)
+
+proto: $(STAMP)  ## regenerate service/vae/v1 from proto/ (a test fails when they are stale)
+	$(BIN)/python -m service.proto_gen
 
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .

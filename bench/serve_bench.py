@@ -1,0 +1,221 @@
+"""Serving benchmark: vae-serve vs batching off vs a bare grpc.aio server vs raw ONNX Runtime.
+
+python -m bench.serve_bench --repo models --model vae --seconds 5 --out bench/out/serving.md
+
+Every server runs in its own process on 127.0.0.1, and so does the load generator
+(bench/load.py, closed loop, bounded in requests and seconds). Ratios, not absolute
+numbers, are what carries over from this noisy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from tqdm import tqdm
+
+from service.repository import read_manifest, resolve_version
+
+CONCURRENCY = (1, 8, 64, 256)
+BATCH_ITEMS = 64
+RAW_BATCH_SIZES = (1, 8, 64, 256)
+GRAPH_OF = {"Decode": "decoder", "Encode": "encoder"}
+
+
+@dataclass
+class Row:
+    setup: str
+    method: str
+    items: int
+    concurrency: int
+    result: dict[str, float] = field(default_factory=dict)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(port: int, timeout_s: float = 60) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                  timeout=timeout_s, wait_for_ready=True)
+
+
+class Server:
+    """A server process on loopback, started and stopped around a group of load runs."""
+
+    def __init__(self, argv: list[str], port: int, metrics_port: int | None, health: bool) -> None:
+        self.port, self.metrics_port = port, metrics_port
+        self.proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        if health:
+            _wait_ready(port)
+        else:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=60)
+
+    def batch_rows(self, graph: str) -> tuple[float, float]:
+        """(sum, count) of vae_batch_rows for one graph."""
+        if self.metrics_port is None:
+            return 0.0, 0.0
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read()
+        values = {s.name: s.value for f in text_string_to_metric_families(text.decode())
+                  for s in f.samples if s.labels.get("graph") == graph}
+        return values.get("vae_batch_rows_sum", 0.0), values.get("vae_batch_rows_count", 0.0)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def vae_server(repo: Path, model: str, **settings: int) -> Server:
+    port, metrics_port = _free_port(), _free_port()
+    env = {f"--{k.replace('_', '-')}": str(v) for k, v in settings.items()}
+    argv = [sys.executable, "-m", "service.cli", "--model-repo", str(repo), "--model-name", model,
+            "--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "WARNING",
+            *[x for pair in env.items() for x in pair]]
+    return Server(argv, port, metrics_port, health=True)
+
+
+def bare_server(image_shape: tuple[int, ...], latent_dim: int, items: int) -> Server:
+    port = _free_port()
+    argv = [sys.executable, "-m", "bench.bare_server", "--port", str(port), "--image-shape",
+            *map(str, image_shape), "--latent-dim", str(latent_dim), "--items", str(items)]
+    return Server(argv, port, None, health=False)
+
+
+def load(server: Server, row: Row, seconds: float) -> None:
+    graph = GRAPH_OF[row.method]
+    before = server.batch_rows(graph)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{server.port}", "--method",
+         row.method, "--items", str(row.items), "--concurrency", str(row.concurrency),
+         "--seconds", str(seconds)], capture_output=True, text=True, check=True, timeout=seconds + 120)
+    row.result = json.loads(out.stdout)
+    after = server.batch_rows(graph)
+    if after[1] > before[1]:
+        row.result["mean_batch_rows"] = (after[0] - before[0]) / (after[1] - before[1])
+
+
+def raw_ort(folder: Path, image_shape: tuple[int, ...], latent_dim: int, seconds: float
+            ) -> dict[str, dict[int, float]]:
+    """Items/s of in-process ONNX Runtime (CPU, default threads) per graph and batch size."""
+    import onnxruntime as ort
+
+    results: dict[str, dict[int, float]] = {}
+    for method, file, shape in (("Decode", "decoder.onnx", (latent_dim,)),
+                                ("Encode", "encoder.onnx", image_shape)):
+        session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        results[method] = {}
+        for n in RAW_BATCH_SIZES:
+            batch = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+            session.run(None, {name: batch})
+            runs, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds / len(RAW_BATCH_SIZES):
+                session.run(None, {name: batch})
+                runs += 1
+            results[method][n] = runs * n / (time.perf_counter() - started)
+    return results
+
+
+def plan() -> list[tuple[str, Row]]:
+    rows = [("batching", Row("vae-serve", m, 1, c)) for m in GRAPH_OF for c in CONCURRENCY]
+    rows += [("batching", Row("vae-serve", m, BATCH_ITEMS, 8)) for m in GRAPH_OF]
+    rows += [("off", Row("batching off (max_batch_size 1)", m, 1, 64)) for m in GRAPH_OF]
+    rows += [("bare1", Row("bare grpc.aio server", m, 1, 64)) for m in GRAPH_OF]
+    rows += [("bare64", Row("bare grpc.aio server", m, BATCH_ITEMS, 8)) for m in GRAPH_OF]
+    return rows
+
+
+def run(repo: Path, model: str, seconds: float) -> tuple[list[Row], dict[str, dict[int, float]]]:
+    folder = resolve_version(repo, model, 0)
+    manifest = read_manifest(folder)
+    shape, latent = manifest.image_shape, manifest.latent_dim
+    factories = {
+        "batching": lambda: vae_server(repo, model),
+        "off": lambda: vae_server(repo, model, max_batch_size=1),
+        "bare1": lambda: bare_server(shape, latent, 1),
+        "bare64": lambda: bare_server(shape, latent, BATCH_ITEMS),
+    }
+    rows: list[Row] = []
+    current: tuple[str, Server] | None = None
+    for setup, row in tqdm(plan(), desc="load runs", unit="run"):
+        if current is None or current[0] != setup:
+            if current is not None:
+                current[1].stop()
+            current = (setup, factories[setup]())
+        load(current[1], row, seconds)
+        rows.append(row)
+    if current is not None:
+        current[1].stop()
+    return rows, raw_ort(folder, shape, latent, seconds * 2)
+
+
+def report(rows: list[Row], raw: dict[str, dict[int, float]], command: str, model: str) -> str:
+    lines = [f"Command: `{command}` (model `{model}`)", "",
+             "| setup | method | items/req | concurrency | req/s | items/s | p50 ms | p99 ms | "
+             "mean batch rows | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        x = r.result
+        batch = f"{x['mean_batch_rows']:.1f}" if "mean_batch_rows" in x else "-"
+        lines.append(f"| {r.setup} | {r.method} | {r.items} | {r.concurrency} | "
+                     f"{x['requests_per_s']:.0f} | {x['items_per_s']:.0f} | {x['p50_ms']:.2f} | "
+                     f"{x['p99_ms']:.2f} | {batch} | {x['errors']:.0f} |")
+    lines += ["", "Raw in-process ONNX Runtime (CPU), items/s by batch size:", "",
+              "| graph | " + " | ".join(f"batch {n}" for n in RAW_BATCH_SIZES) + " |",
+              "|---|" + "---|" * len(RAW_BATCH_SIZES)]
+    for method, by_size in raw.items():
+        lines.append(f"| {GRAPH_OF[method]} | " + " | ".join(f"{v:.0f}" for v in by_size.values())
+                     + " |")
+    lines += ["", "Targets (ratios from this one run):", ""]
+    for method in GRAPH_OF:
+        ours1 = next(r for r in rows if r.setup == "vae-serve" and r.method == method
+                     and r.items == 1 and r.concurrency == 64)
+        bare1 = next(r for r in rows if r.setup.startswith("bare") and r.method == method
+                     and r.items == 1)
+        ours64 = next(r for r in rows if r.setup == "vae-serve" and r.method == method
+                      and r.items == BATCH_ITEMS)
+        ceiling = max(raw[method].values())
+        a = ours1.result["requests_per_s"] / bare1.result["requests_per_s"]
+        b = ours64.result["items_per_s"] / ceiling
+        lines.append(f"- {method}: 1-item requests at concurrency 64 reach {a:.0%} of the bare "
+                     f"server's requests/s (target >= 70%); {BATCH_ITEMS}-item requests reach "
+                     f"{b:.0%} of raw ONNX Runtime's best items/s (target >= 70%).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--repo", type=Path, default=Path("models"))
+    p.add_argument("--model", default="vae")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each load run")
+    p.add_argument("--out", type=Path, default=Path("bench/out/serving.md"))
+    args = p.parse_args(argv)
+    rows, raw = run(args.repo, args.model, args.seconds)
+    command = "python -m bench.serve_bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = report(rows, raw, command.strip(), args.model)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
