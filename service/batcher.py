@@ -105,14 +105,14 @@ class DynamicBatcher:
         self._queued_rows += rows
         self._observer.queue_rows(self._queued_rows)
         self._arrived.set()
+        if len(chunks) == 1:  # the common case: no gather wrapper on the hot path
+            return await chunks[0].future
         try:
             parts = await asyncio.gather(*(c.future for c in chunks))
         except BaseException:
             for chunk in chunks:  # one chunk failed or the client left: drop the rest too
                 chunk.future.cancel()
             raise
-        if len(parts) == 1:
-            return parts[0]
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
     async def close(self) -> None:

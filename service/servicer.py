@@ -51,14 +51,14 @@ def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]
             code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
             try:
                 response = await handler(self, request, context)
-                metrics.items.labels(method).inc(items(response))
+                self.items_of[method].inc(items(response))
                 code = grpc.StatusCode.OK
                 return response
             except Exception as err:
                 code, message = _status_for(err)
             finally:
                 metrics.inflight.dec()
-                metrics.request_seconds.labels(method).observe(time.monotonic() - started)
+                self.seconds_of[method].observe(time.monotonic() - started)
                 metrics.requests.labels(method, code.name).inc()
             await context.abort(code, message)
             raise AssertionError("abort returns only by raising")
@@ -82,6 +82,10 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self.config = config
         self.image_shape = model.manifest.image_shape
         self.latent_shape = (model.manifest.latent_dim,)
+        methods = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].methods_by_name
+        # Label children resolved once: a labels() lookup takes a lock on every request.
+        self.items_of = {m: metrics.items.labels(m) for m in methods}
+        self.seconds_of = {m: metrics.request_seconds.labels(m) for m in methods}
 
     @rpc("Encode", items=lambda r: r.mean.shape[0])
     async def Encode(self, request: vae_pb2.EncodeRequest, context: grpc.aio.ServicerContext
