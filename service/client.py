@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.images import PngError, grid, read_png, write_png
+from service.images import PngError, display_scale, grid, read_png, write_png
 from service.tensors import to_array, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -90,7 +90,8 @@ def _save_images(path: Path, images: np.ndarray) -> None:
     if path.suffix == ".npy":
         np.save(path, images)
     else:
-        write_png(path, grid(images) if len(images) > 1 else images[0, 0], scale=4)
+        picture = grid(images) if len(images) > 1 else images[0, 0]
+        write_png(path, picture, scale=display_scale(images.shape[-1]))
     print(f"wrote {path} ({len(images)} images)")
 
 

@@ -22,6 +22,11 @@ class PngError(ValueError):
     """The file is not a PNG this reader understands; the message says which part."""
 
 
+def display_scale(image_size: int) -> int:
+    """Pixel repeat that makes an image about 112 px wide: an 8x8 digit stays legible."""
+    return max(1, 112 // image_size)
+
+
 def grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile [N, C, H, W] (or [N, H, W]) images into one [rows*H, cols*W] picture in [0, 1]."""
     pictures = images.reshape(images.shape[0], images.shape[-2], images.shape[-1])

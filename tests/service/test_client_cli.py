@@ -25,7 +25,7 @@ async def test_sample_writes_a_png_grid(server, tmp_path: Path, capsys) -> None:
     assert await cli(server, "sample", "--count", "16", "--seed", "7", "--out",
                      str(tmp_path / "grid.png")) == 0
     picture = read_png(tmp_path / "grid.png")
-    assert picture.shape == (4 * 37, 4 * 37) and "seed 7" in capsys.readouterr().out
+    assert picture.shape == (14 * 37, 14 * 37) and "seed 7" in capsys.readouterr().out
 
 
 async def test_encode_decode_and_denoise_files(server, tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ async def test_encode_decode_and_denoise_files(server, tmp_path: Path) -> None:
     write_png(tmp_path / "noisy.png", noisy)
     assert await cli(server, "denoise", "--in", str(tmp_path / "noisy.png"), "--out",
                      str(tmp_path / "clean.png")) == 0
-    assert read_png(tmp_path / "clean.png").shape == (32, 32)
+    assert read_png(tmp_path / "clean.png").shape == (112, 112)
     assert await cli(server, "encode", "--in", str(tmp_path / "noisy.png"), "--out",
                      str(tmp_path / "codes.npz")) == 0
     np.save(tmp_path / "z.npy", np.load(tmp_path / "codes.npz")["mean"])
