@@ -19,7 +19,7 @@ train "$runs/mnist-mlp" --dataset mnist --data-dir "$data/mnist" --arch mlp "${c
 train "$runs/mnist-conv-denoise" --dataset mnist --data-dir "$data/mnist" "${conv[@]}" \
   "${common[@]}" --noise gaussian:0.3
 train "$runs/mnist-conv-binary" --dataset mnist --data-dir "$data/mnist" "${conv[@]}" --binarize \
-  --epochs "${BINARY_EPOCHS:-10}" --seed 1
+  --epochs "${BINARY_EPOCHS:-15}" --seed 1
 .venv/bin/vae-train evaluate "$runs/mnist-conv-binary" --iwae-samples 5000 \
   --eval-images "${IWAE_IMAGES:-500}"
 train "$runs/fashion-conv" --dataset fashion-mnist --data-dir "$data/fashion-mnist" "${conv[@]}" \
