@@ -159,6 +159,7 @@ class DynamicBatcher:
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
+        await asyncio.sleep(0)  # let handlers that are already runnable queue their rows too
         if self._delay_s > 0:
             flush_at = self._queue[0].enqueued_s + self._delay_s
             while self._queued_rows < self.max_batch_size:
