@@ -11,10 +11,11 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import CollectorRegistry
 
+from service.batcher import BatchObserver
 from service.config import ServerConfig
 from service.metrics import GraphObserver, Metrics, serve_metrics
 from service.model import VaeModel
@@ -74,8 +75,9 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     """Load and warm the model, then start serving; health is SERVING when this returns."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    observers = {graph: GraphObserver(metrics, graph) for graph in ("encoder", "decoder")}
-    model = VaeModel.load(config, observers)  # type: ignore[arg-type]
+    observers: dict[str, BatchObserver] = {
+        graph: GraphObserver(metrics, graph) for graph in ("encoder", "decoder")}
+    model = VaeModel.load(config, observers)
     metrics.model_info.labels(str(model.manifest.version), model.provider).set(1)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),
@@ -85,10 +87,8 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflected = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection_servicer = MethodAwareReflection(reflected)
-    from grpc_reflection.v1alpha import reflection_pb2_grpc
-
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflection(reflected),
+                                                               server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     await server.start()
     metrics_http = None
