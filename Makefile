@@ -7,16 +7,36 @@ EXTRAS ?= train,cpu,dev
 RUN ?= runs/digits-mlp
 REPO ?= models
 MODEL ?= vae
+# Extra pip options, e.g. the CPU-only torch (README): PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'
+PIP_ARGS ?=
 
 .PHONY: help install tools train export serve test lint proto clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
+# A .venv whose python cannot run pip (a venv module without ensurepip, an interrupted
+# create, a removed base interpreter) is rebuilt, never reused. pip's output goes to
+# $(VENV)/install.log; on failure its explanation is printed.
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --constraint constraints.txt --editable '.[$(EXTRAS)]'
-	touch $(STAMP)
+	@if [ -e $(VENV) ] && ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
+	  echo "$(VENV) is incomplete (its python cannot run pip): removing it and creating it again"; \
+	  rm -rf $(VENV); \
+	fi
+	@if [ ! -e $(VENV) ]; then \
+	  echo "creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
+	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	    echo "error: '$(PYTHON) -m venv' failed. On Debian/Ubuntu install the venv module"; \
+	    echo "       (apt-get install python3-venv, or python3.X-venv for your version), then run make again."; \
+	    exit 1; }; \
+	fi
+	@echo "installing vae-serve[$(EXTRAS)] with the pins of constraints.txt (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install --progress-bar off --constraint constraints.txt $(PIP_ARGS) \
+	    --editable '.[$(EXTRAS)]' > $(VENV)/install.log 2>&1 || { \
+	  echo "error: pip could not install the project; its last lines:"; \
+	  grep -v '^\(Requirement already\|Collecting\|Downloading\|Using cached\)' $(VENV)/install.log | tail -25; \
+	  echo "full log: $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
 

@@ -14,6 +14,7 @@ import time
 import grpc
 import numpy as np
 
+from service.help_format import DefaultsHelpFormatter
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -71,7 +72,7 @@ async def run_load(target: str, method: str, items: int, concurrency: int, secon
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--target", default="127.0.0.1:50051", help="loopback address only")
     p.add_argument("--method", choices=("Decode", "Encode"), default="Decode")
     p.add_argument("--items", type=int, default=1, help="items per request")

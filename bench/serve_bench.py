@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
+from service.help_format import DefaultsHelpFormatter
 from service.repository import read_manifest, resolve_version
 
 CONCURRENCY = (1, 8, 64, 256)
@@ -201,7 +202,7 @@ def report(rows: list[Row], raw: dict[str, dict[int, float]], command: str, mode
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve_bench", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--repo", type=Path, default=Path("models"))
     p.add_argument("--model", default="vae")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each load run")

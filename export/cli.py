@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from export.onnx_export import OPSET
+from service.help_format import DefaultsHelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest.json, after the ONNX checker and a parity check against torch (max abs "
         "error <= 1e-5 at batch sizes 1, 3, 64). Publishing is atomic; versions are never "
         "overwritten. Or re-verify a published version with --check.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("run", type=Path, nargs="?", help="run folder written by vae-train")
     p.add_argument("--repo", type=Path, default=Path("models"), help="model repository folder")
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="version to publish (default: next integer)")
     p.add_argument("--opset", type=int, default=OPSET, choices=range(18, 22), metavar="18..21",
                    help="ONNX opset")
+    p.add_argument("--data-dir", type=Path,
+                   help="IDX folder for the parity images of a run folder made before runs kept "
+                   "them (parity_images.npy); newer runs need no data")
     p.add_argument("--check", type=Path, metavar="VERSION_DIR",
                    help="re-verify a published version folder, e.g. models/vae/1, and exit")
     return p
@@ -47,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.check}: OK (model {manifest.model_name} v{manifest.version}, "
                   f"image {list(manifest.image_shape)}, latent {manifest.latent_dim})")
         else:
-            folder = publish(args.run, args.repo, args.model, args.version, args.opset)
+            folder = publish(args.run, args.repo, args.model, args.version, args.opset,
+                             args.data_dir)
             print(f"published {folder}")
     except (UsageError, ManifestError, IntegrityError) as err:
         print(f"vae-export: error: {err}", file=sys.stderr)

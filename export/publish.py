@@ -36,13 +36,17 @@ TEMP_PREFIX = ".tmp-"
 """Unpublished work folders start with this; readers only see all-digit folder names."""
 
 
-def _parity_inputs(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """Real test images of the run's dataset, and prior draws, 64 of each."""
-    data_dir = run.config.get("data_dir")
-    splits = load_splits(run.config["dataset"], Path(data_dir) if data_dir else None)
+def _parity_inputs(run: Run, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Real test images (kept in the run folder, else read from the dataset) and prior draws."""
     n = max(verify.PARITY_BATCH_SIZES)
+    images = run.parity_images
+    if images is None:
+        folder = data_dir or (Path(run.config["data_dir"]) if run.config.get("data_dir") else None)
+        images = load_splits(run.config["dataset"], folder).test
+    if len(images) < n:
+        raise UsageError(f"{run.path}: {len(images)} parity images; the parity check needs {n}")
     latents = np.random.default_rng(0).standard_normal((n, run.model.config.latent_dim))
-    return np.ascontiguousarray(splits.test[:n]), latents.astype(np.float32)
+    return np.ascontiguousarray(images[:n]), latents.astype(np.float32)
 
 
 def _choose_version(repo: Path, model_name: str, version: int | None) -> int:
@@ -57,6 +61,21 @@ def _choose_version(repo: Path, model_name: str, version: int | None) -> int:
     return version
 
 
+def _require_same_signature(repo: Path, model_name: str, run: Run) -> None:
+    """A model's versions share one image shape and latent size: clients rely on it."""
+    existing = published_versions(repo, model_name)
+    if not existing:
+        return
+    latest = read_manifest(repo / model_name / str(existing[-1]))
+    config = run.model.config
+    if tuple(latest.image_shape) != tuple(config.image_shape) or latest.latent_dim != config.latent_dim:
+        raise UsageError(
+            f"{repo / model_name} serves images {list(latest.image_shape)} with latent "
+            f"{latest.latent_dim}; {run.path} has images {list(config.image_shape)} with latent "
+            f"{config.latent_dim}. Publish it as another model: --model NAME (e.g. --model "
+            f"{run.config['dataset']})")
+
+
 def _prepare_repo(repo: Path, model_name: str) -> Path:
     if repo.exists() and not repo.is_dir():
         raise UsageError(f"--repo {repo} is a file; give a folder for the model repository")
@@ -66,10 +85,11 @@ def _prepare_repo(repo: Path, model_name: str) -> Path:
 
 
 def publish(run_path: Path, repo: Path, model_name: str, version: int | None = None,
-            opset: int = OPSET) -> Path:
+            opset: int = OPSET, data_dir: Path | None = None) -> Path:
     """Export, verify and atomically publish; returns the new version folder."""
     run = load_run(run_path)
     model_folder = _prepare_repo(repo, model_name)
+    _require_same_signature(repo, model_name, run)
     chosen = _choose_version(repo, model_name, version)
     work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=model_folder))
     steps = tqdm(total=4, desc=f"{model_name} v{chosen}", unit="step", leave=False)
@@ -83,7 +103,7 @@ def publish(run_path: Path, repo: Path, model_name: str, version: int | None = N
         verify.check_graph(decoder, {"z": (latent,)}, {"x_hat": shape})
         steps.update()
         steps.set_postfix_str("parity")
-        images, latents = _parity_inputs(run)
+        images, latents = _parity_inputs(run, data_dir)
         errors = verify.parity_errors(run.model, encoder, decoder, images, latents)
         verify.require_parity(errors)
         steps.update()

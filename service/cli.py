@@ -17,9 +17,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from service.errors import ServiceError
-    from service.repository import IntegrityError, ManifestError
-    from service.server import serve
+    try:
+        from service.errors import ServiceError
+        from service.repository import IntegrityError, ManifestError
+        from service.server import serve
+    except ImportError as err:
+        print(f"vae-serve: error: the server needs {err.name}, which this install lacks; "
+              "install vae-serve[cpu] (or vae-serve[gpu] on a CUDA machine)", file=sys.stderr)
+        return 2
 
     try:
         asyncio.run(serve(config))

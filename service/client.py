@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -12,7 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.images import PngError, display_scale, grid, read_png, write_png
+from service.help_format import DefaultsHelpFormatter
+from service.images import PngError, read_images, write_images
 from service.tensors import to_array, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
@@ -77,12 +79,24 @@ class InputError(ValueError):
     """A local input file the model cannot take."""
 
 
+TARGET_ENV = "VAE_CLIENT_TARGET"
+EXIT_CODES = """exit codes: 0 success; 1 the call failed on the server or the network (UNAVAILABLE,
+DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...); 2 bad input (a flag, a local file, or
+INVALID_ARGUMENT from the server). Errors are one line on stderr.
+
+pictures: a .png output is a grid of the images, each pixel enlarged to about 112 px per
+image, with a layout note that lets every subcommand read it back as the original images.
+A .png input is such a grid, or one plain grayscale picture of the model's size. .npy files
+hold float32 [N, C, H, W] arrays in [0, 1]."""
+
+
 def _load_images(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
-    """A PNG (one grayscale image) or .npy [N, C, H, W], checked against the model's shape."""
-    array = np.load(path).astype(np.float32) if path.suffix == ".npy" else read_png(path)[None, None]
-    if array.shape[1:] != tuple(image_shape):
+    """A PNG (a vae-client grid or one picture) or .npy [N, C, H, W], checked against the model."""
+    array = np.load(path).astype(np.float32) if path.suffix == ".npy" else read_images(path)
+    if array.ndim != 4 or array.shape[1:] != tuple(image_shape):
         raise InputError(f"{path}: images of shape {list(array.shape[1:])}; the model takes "
-                         f"{list(image_shape)} (C, H, W)")
+                         f"{list(image_shape)} (C, H, W): give a PNG written by vae-client or "
+                         "one picture of that size")
     return array
 
 
@@ -90,8 +104,7 @@ def _save_images(path: Path, images: np.ndarray) -> None:
     if path.suffix == ".npy":
         np.save(path, images)
     else:
-        picture = grid(images) if len(images) > 1 else images[0, 0]
-        write_png(path, picture, scale=display_scale(images.shape[-1]))
+        write_images(path, images)
     print(f"wrote {path} ({len(images)} images)")
 
 
@@ -126,42 +139,78 @@ def _denoise(client: VaeClient, args: argparse.Namespace) -> None:
     _save_images(args.out, client.denoise(images))
 
 
+def _noise(args: argparse.Namespace) -> None:
+    """Local: a noisy copy of images to try denoise on (Gaussian, clipped to [0, 1])."""
+    images = np.load(args.input) if args.input.suffix == ".npy" else read_images(args.input)
+    if images.ndim != 4:
+        raise InputError(f"{args.input}: expected images [N, C, H, W], got shape {list(images.shape)}")
+    if args.sigma < 0:
+        raise InputError(f"--sigma must be >= 0, got {args.sigma}")
+    chosen = images[: args.count].astype(np.float32)
+    noise = args.sigma * np.random.default_rng(args.seed).standard_normal(chosen.shape)
+    _save_images(args.out, np.clip(chosen + noise, 0, 1).astype(np.float32))
+
+
+def _io_arguments(parser: argparse.ArgumentParser, what_in: str | None, out_default: str,
+                  what_out: str) -> None:
+    if what_in is not None:
+        parser.add_argument("--in", dest="input", type=Path, required=True, metavar="PATH",
+                            help=what_in)
+    parser.add_argument("--out", type=Path, default=Path(out_default), metavar="PATH",
+                        help=what_out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vae-client", description="Call a vae-serve server.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--target", default=DEFAULT_TARGET,
-                   help="server address; dns:///HOST:PORT resolves every replica")
+                                epilog=EXIT_CODES, formatter_class=HelpWithNotes)
+    p.add_argument("--target", default=os.environ.get(TARGET_ENV, DEFAULT_TARGET),
+                   help=f"server address; dns:///HOST:PORT resolves every replica (env {TARGET_ENV})")
     p.add_argument("--lb-policy", choices=LB_POLICIES,
                    help="client-side balancing (round_robin with a headless Service)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="print the served model's shapes, version and provider"
-                   ).set_defaults(func=_info)
-    s = sub.add_parser("sample", help="draw images from the prior",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES,
+                              formatter_class=HelpWithNotes)
+
+    command("info", "print the served model's shapes, version and provider").set_defaults(func=_info)
+    s = command("sample", "draw images from the prior")
     s.add_argument("--count", type=int, default=16, help="number of images")
     s.add_argument("--seed", type=int, default=0, help="0: the server picks (and prints) one")
     s.add_argument("--temperature", type=float, default=1.0, help="prior std multiplier")
-    s.add_argument("--out", type=Path, default=Path("samples.png"), help=".png grid or .npy")
+    _io_arguments(s, None, "samples.png", "images: .png grid or .npy")
     s.set_defaults(func=_sample)
-    e = sub.add_parser("encode", help="images (.png or .npy [N,C,H,W]) -> mean, log_var (.npz)")
-    e.add_argument("--in", dest="input", type=Path, required=True)
-    e.add_argument("--out", type=Path, default=Path("codes.npz"))
+    e = command("encode", "images -> posterior mean and log-variance")
+    _io_arguments(e, "images: .png or .npy", "codes.npz", ".npz with arrays mean and log_var")
     e.set_defaults(func=_encode)
-    d = sub.add_parser("decode", help="latents (.npy [N, latent]) -> images (.png or .npy)")
-    d.add_argument("--in", dest="input", type=Path, required=True)
-    d.add_argument("--out", type=Path, default=Path("decoded.png"))
+    d = command("decode", "latents -> images")
+    _io_arguments(d, "latents: .npy float32 [N, latent_dim]", "decoded.png",
+                  "images: .png grid or .npy")
     d.set_defaults(func=_decode)
-    n = sub.add_parser("denoise", help="noisy image (.png or .npy) -> clean image")
-    n.add_argument("--in", dest="input", type=Path, required=True)
-    n.add_argument("--out", type=Path, default=Path("clean.png"))
+    n = command("denoise", "noisy images -> decode(posterior mean)")
+    _io_arguments(n, "noisy images: .png or .npy", "clean.png", "images: .png grid or .npy")
     n.set_defaults(func=_denoise)
+    z = command("noise", "write a noisy copy of images (local, no server call)")
+    _io_arguments(z, "images: .png or .npy (e.g. RUN/parity_images.npy)", "noisy.png",
+                  "noisy images: .png grid or .npy")
+    z.add_argument("--sigma", type=float, default=0.2, help="Gaussian noise standard deviation")
+    z.add_argument("--count", type=int, default=16, help="use the first COUNT images")
+    z.add_argument("--seed", type=int, default=0, help="noise seed")
+    z.set_defaults(local=_noise)
     return p
+
+
+class HelpWithNotes(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """Defaults in each flag's help, and the epilog's line breaks kept."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if "local" in args:
+            args.local(args)
+            return 0
         with VaeClient(args.target, lb_policy=args.lb_policy, timeout_s=args.timeout) as client:
             args.func(client, args)
     except grpc.RpcError as err:

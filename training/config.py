@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from service.help_format import DefaultsHelpFormatter
 from training.data import DATASETS
 from training.errors import UsageError
 from training.model import ARCHS, ModelConfig
@@ -76,11 +77,11 @@ def build_train_parser() -> argparse.ArgumentParser:
         prog="vae-train",
         description="Train a VAE and write a run folder (weights, config.json, metrics.json, "
         "PNG pictures, report.md). Evaluate a finished run with: vae-train evaluate RUN",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="training data")
     p.add_argument("--data-dir", type=Path, help="folder with the gzipped IDX files (mnist, "
-                   "fashion-mnist), e.g. ../shared/data/mnist")
+                   "fashion-mnist); docs/training.md says where to get them")
     p.add_argument("--arch", choices=ARCHS, default=m.arch, help="encoder/decoder family")
     p.add_argument("--latent-dim", type=int, default=m.latent_dim, help="size of z")
     p.add_argument("--hidden-dim", type=int, default=m.hidden_dim, help="dense layer width")
@@ -137,7 +138,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         description="Evaluate a run folder on its test split: test loss, importance-sampled "
         "NLL, reconstruction and denoising PSNR beside PCA and a median filter. Updates "
         "metrics.json and report.md in the run folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("run", type=Path, help="run folder written by vae-train")
     p.add_argument("--data-dir", type=Path, help="override the run's data folder")

@@ -71,7 +71,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         model, splits.train, splits.test, trained_noise=config.noise,
         iwae_samples=config.iwae_samples, eval_images=config.eval_images, device=device,
     )
-    save_run(config.out, model.cpu(), run_config, metrics)
+    save_run(config.out, model.cpu(), run_config, metrics, splits.test)
     write_report(config.out, run_config, metrics)
     return metrics
 

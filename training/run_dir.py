@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from training.errors import UsageError
@@ -15,6 +16,9 @@ from training.model import VAE, ModelConfig, build_model
 WEIGHTS = "model.pt"
 CONFIG = "config.json"
 METRICS = "metrics.json"
+PARITY_IMAGES = "parity_images.npy"
+"""Test images kept beside the weights, so export checks parity without the dataset."""
+PARITY_IMAGE_COUNT = 64
 
 
 @dataclass
@@ -25,12 +29,16 @@ class Run:
     model: VAE
     config: dict[str, Any]
     metrics: dict[str, Any]
+    parity_images: np.ndarray | None
+    """None for run folders written before the images were kept."""
 
 
-def save_run(path: Path, model: VAE, config: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Write weights, config.json and metrics.json into `path` (created if needed)."""
+def save_run(path: Path, model: VAE, config: dict[str, Any], metrics: dict[str, Any],
+             test_images: np.ndarray) -> None:
+    """Write weights, config.json, metrics.json and the parity images into `path`."""
     path.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path / WEIGHTS)
+    np.save(path / PARITY_IMAGES, np.ascontiguousarray(test_images[:PARITY_IMAGE_COUNT], np.float32))
     write_json(path / CONFIG, config)
     write_json(path / METRICS, metrics)
 
@@ -70,4 +78,6 @@ def load_run(path: Path, device: str = "cpu") -> Run:
         raise UsageError(f"{path}: {WEIGHTS} does not match {CONFIG} ({first})") from err
     except Exception as err:  # unpickling errors have no common base class
         raise UsageError(f"{path / WEIGHTS}: cannot read the weights ({err})") from err
-    return Run(path=path, model=model.to(device).eval(), config=config, metrics=metrics)
+    images = np.load(path / PARITY_IMAGES) if (path / PARITY_IMAGES).is_file() else None
+    return Run(path=path, model=model.to(device).eval(), config=config, metrics=metrics,
+               parity_images=images)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from service.client import main
-from service.images import read_png, write_png
+from service.images import read_images, read_png, write_png
 from service.server import RunningServer
 
 
@@ -33,13 +33,25 @@ async def test_encode_decode_and_denoise_files(server, tmp_path: Path) -> None:
     write_png(tmp_path / "noisy.png", noisy)
     assert await cli(server, "denoise", "--in", str(tmp_path / "noisy.png"), "--out",
                      str(tmp_path / "clean.png")) == 0
-    assert read_png(tmp_path / "clean.png").shape == (112, 112)
+    assert read_images(tmp_path / "clean.png").shape == (1, 1, 8, 8)
     assert await cli(server, "encode", "--in", str(tmp_path / "noisy.png"), "--out",
                      str(tmp_path / "codes.npz")) == 0
     np.save(tmp_path / "z.npy", np.load(tmp_path / "codes.npz")["mean"])
     assert await cli(server, "decode", "--in", str(tmp_path / "z.npy"), "--out",
                      str(tmp_path / "x.npy")) == 0
     assert np.load(tmp_path / "x.npy").shape == (1, 1, 8, 8)
+
+
+async def test_pngs_the_client_writes_read_back_as_the_images(server, tmp_path: Path) -> None:
+    assert await cli(server, "sample", "--count", "5", "--seed", "3", "--out",
+                     str(tmp_path / "s.npy")) == 0
+    assert await cli(server, "noise", "--in", str(tmp_path / "s.npy"), "--sigma", "0.2",
+                     "--out", str(tmp_path / "noisy.png")) == 0
+    assert await cli(server, "denoise", "--in", str(tmp_path / "noisy.png"), "--out",
+                     str(tmp_path / "clean.png")) == 0
+    clean, samples = read_images(tmp_path / "clean.png"), np.load(tmp_path / "s.npy")
+    assert clean.shape == samples.shape == (5, 1, 8, 8)
+    assert np.abs(read_images(tmp_path / "noisy.png") - samples).mean() > 0.05
 
 
 async def test_wrong_picture_size_and_bad_count_exit_2(server, tmp_path: Path, capsys) -> None:
