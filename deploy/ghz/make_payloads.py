@@ -3,38 +3,50 @@
 python deploy/ghz/make_payloads.py --repo models --model vae --out deploy/ghz/payloads
 
 ghz wants bytes as base64 inside JSON; a binary message file (`"binary-file"`) is simpler
-and exact. The images are the model's own dataset's test images; the latents are their
-posterior means, computed with the exported encoder; the noisy images add sigma 0.3.
+and exact. The images are the model's own decodings of prior draws (the model repository is
+all it needs), or with --data-dir the test images of the model's dataset; the latents are
+their posterior means, computed with the exported encoder; the noisy images add sigma 0.3.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from google.protobuf.message import Message
 
-from service.repository import read_manifest, resolve_version
+from service.repository import ManifestError, read_manifest, resolve_version
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2
+from training.errors import UsageError
 
 ITEMS = 8
 NOISE_SIGMA = 0.3
 
 
-def test_images(dataset: str, data_dir: str | None, count: int) -> np.ndarray:
-    from training.data import load_splits
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-    return load_splits(dataset, Path(data_dir) if data_dir else None).test[:count]
+
+def payload_images(folder: Path, data_dir: str | None) -> np.ndarray:
+    """ITEMS images of the model's size: test images from data_dir, else decoded prior draws."""
+    manifest = read_manifest(folder)
+    if data_dir is not None:
+        from training.data import load_splits
+
+        return load_splits(manifest.training["dataset"], Path(data_dir)).test[:ITEMS]
+    z = np.random.default_rng(0).standard_normal((ITEMS, manifest.latent_dim)).astype(np.float32)
+    images: np.ndarray = _session(folder / "decoder.onnx").run(["x_hat"], {"z": z})[0]
+    return images
 
 
 def write_payloads(repo: Path, model: str, out: Path, data_dir: str | None = None) -> list[Path]:
     folder = resolve_version(repo, model, 0)
-    manifest = read_manifest(folder)
-    images = np.ascontiguousarray(test_images(manifest.training["dataset"], data_dir, ITEMS))
-    encoder = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    images = np.ascontiguousarray(payload_images(folder, data_dir))
+    encoder = _session(folder / "encoder.onnx")
     latents = encoder.run(["mean"], {"x": images})[0]
     noisy = np.clip(images + NOISE_SIGMA * np.random.default_rng(0).standard_normal(images.shape),
                     0, 1).astype(np.float32)
@@ -49,17 +61,23 @@ def write_payloads(repo: Path, model: str, out: Path, data_dir: str | None = Non
     return [out / name for name in messages]
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", type=Path, default=Path("models"))
     p.add_argument("--model", default="vae")
-    p.add_argument("--data-dir", help="IDX folder for mnist-like models (default: the run's)")
+    p.add_argument("--data-dir", help="IDX folder of the model's dataset, to send its test images "
+                   "(default: the model's own decodings of prior draws; digits needs no folder)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "payloads")
     args = p.parse_args()
-    for path in write_payloads(args.repo, args.model, args.out, args.data_dir):
-        print(f"wrote {path}")
+    try:
+        for path in write_payloads(args.repo, args.model, args.out, args.data_dir):
+            print(f"wrote {path}")
+    except (ManifestError, UsageError, OSError) as err:
+        print(f"make_payloads: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

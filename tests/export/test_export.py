@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from export import verify
-from export.cli import main
+from export.cli import build_parser, main
 from service.repository import read_manifest
 from tests.conftest import ROOT
 from training.data import load_digits
@@ -79,6 +79,30 @@ def test_export_picks_next_version_and_never_overwrites(digits_run: Path, tmp_pa
     assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["3", "4"]
     assert main([str(digits_run), "--repo", str(tmp_path), "--version", "4"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_export_needs_only_the_run_folder(digits_run: Path, tmp_path: Path, capsys) -> None:
+    run = shutil.copytree(digits_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config.update(dataset="mnist", data_dir=str(tmp_path / "gone"))
+    (run / "config.json").write_text(json.dumps(config))
+    assert main([str(run), "--repo", str(tmp_path / "m")]) == 0
+    (run / "parity_images.npy").unlink()
+    assert main([str(run), "--repo", str(tmp_path / "m")]) == 2
+    assert "--data-dir" in capsys.readouterr().err  # an option vae-export has
+    assert "--data-dir" in build_parser().format_help()
+
+
+def test_a_different_image_shape_or_latent_needs_a_new_model_name(model_repo: Path, digits_run: Path,
+                                                                 tmp_path: Path, capsys) -> None:
+    published = shutil.copytree(model_repo / "vae" / "1", tmp_path / "m" / "vae" / "1")
+    manifest = json.loads((published / "manifest.json").read_text())
+    manifest["latent_dim"] = 16
+    (published / "manifest.json").write_text(json.dumps(manifest))
+    assert main([str(digits_run), "--repo", str(tmp_path / "m")]) == 2
+    assert "--model NAME" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "m" / "vae").iterdir()) == ["1"]
+    assert main([str(digits_run), "--repo", str(tmp_path / "m"), "--model", "digits"]) == 0
 
 
 def _broken_run(kind: str, digits_run: Path, tmp_path: Path) -> Path:
