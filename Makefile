@@ -7,13 +7,22 @@ EXTRAS ?= train,cpu,dev
 RUN ?= runs/digits-mlp
 REPO ?= models
 MODEL ?= vae
-# Extra pip options, e.g. the CPU-only torch (README): PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'
+DATA_DIR ?=
 PIP_ARGS ?=
 
-.PHONY: help install tools train export serve test lint proto clean
+.PHONY: help install tools train train-mnist export serve test lint proto clean
 
-help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+help:  ## list the targets and the variables they read
+	@echo "targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14 | sed 's/^/  /'
+	@echo "variables (make TARGET NAME=value), with their values now:"
+	@printf '  %-26s %s\n' "RUN=$(RUN)" "run folder that train writes and export reads"
+	@printf '  %-26s %s\n' "REPO=$(REPO)" "model repository that export writes and serve reads"
+	@printf '  %-26s %s\n' "MODEL=$(MODEL)" "model name inside the repository"
+	@printf '  %-26s %s\n' "DATA_DIR=$(DATA_DIR)" "folder with the MNIST IDX files, for train-mnist"
+	@printf '  %-26s %s\n' "PYTHON=$(PYTHON)" "interpreter that creates .venv"
+	@printf '  %-26s %s\n' "EXTRAS=$(EXTRAS)" "extras installed into .venv"
+	@printf '  %-26s %s\n' "PIP_ARGS=$(PIP_ARGS)" "extra pip options, e.g. --extra-index-url for the CPU-only torch"
 
 # A .venv whose python cannot run pip (a venv module without ensurepip, an interrupted
 # create, a removed base interpreter) is rebuilt, never reused. pip's output goes to
@@ -40,15 +49,21 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
 
-train: $(STAMP)  ## train the default digits model into runs/digits-mlp and write its report
+train: $(STAMP)  ## train the digits model into RUN and write its report
 	$(BIN)/vae-train --dataset digits --arch mlp --latent-dim 8 --hidden-dim 128 \
 	  --epochs 60 --batch-size 32 --noise gaussian:0.2 --out $(RUN)
 	@echo "report: $(RUN)/report.md"
 
-export: $(STAMP)  ## publish $(RUN) as the next version of $(REPO)/$(MODEL)
+train-mnist: $(STAMP)  ## train the MNIST model from DATA_DIR into runs/mnist-mlp
+	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR to the folder with the MNIST IDX files (docs/training.md says where to get them)"; exit 2; }
+	$(BIN)/vae-train --dataset mnist --data-dir $(DATA_DIR) --arch mlp --epochs 10 \
+	  --batch-size 128 --noise gaussian:0.3 --out runs/mnist-mlp
+	@echo "report: runs/mnist-mlp/report.md"
+
+export: $(STAMP)  ## publish RUN as the next version of REPO/MODEL
 	$(BIN)/vae-export $(RUN) --repo $(REPO) --model $(MODEL)
 
-serve: $(STAMP)  ## serve $(REPO)/$(MODEL) on 127.0.0.1:50051 (trains and exports digits first if empty)
+serve: $(STAMP)  ## serve REPO/MODEL on 127.0.0.1:50051 (trains and exports digits first if empty)
 	@if ! ls -d $(REPO)/$(MODEL)/[0-9]* >/dev/null 2>&1; then \
 	  test -f $(RUN)/model.pt || $(MAKE) --no-print-directory train; \
 	  $(MAKE) --no-print-directory export; \

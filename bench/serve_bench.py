@@ -2,9 +2,11 @@
 
 python -m bench.serve_bench --repo models --model vae --seconds 5 --out bench/out/serving.md
 
-Every server runs in its own process on 127.0.0.1, and so does the load generator
-(bench/load.py, closed loop, bounded in requests and seconds). Ratios, not absolute
-numbers, are what carries over from this noisy 2-core machine.
+Serves the newest version of --model in --repo. Every server runs in its own process on
+127.0.0.1, and so does the load generator (bench/load.py, closed loop, bounded in requests
+and seconds). 16 load runs of --seconds each, then raw ONNX Runtime for 4 x --seconds, plus
+server start-ups: about 2 minutes at --seconds 5 on 2 cores. Ratios measured within one run
+carry over to other machines better than absolute numbers. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def report(rows: list[Row], raw: dict[str, dict[int, float]], command: str, mode
     for method, by_size in raw.items():
         lines.append(f"| {GRAPH_OF[method]} | " + " | ".join(f"{v:.0f}" for v in by_size.values())
                      + " |")
-    lines += ["", "Targets (ratios from this one run):", ""]
+    lines += ["", "Ratios from this one run, against our goals:", ""]
     for method in GRAPH_OF:
         ours1 = next(r for r in rows if r.setup == "vae-serve" and r.method == method
                      and r.items == 1 and r.concurrency == 64)
@@ -195,8 +197,8 @@ def report(rows: list[Row], raw: dict[str, dict[int, float]], command: str, mode
         a = ours1.result["requests_per_s"] / bare1.result["requests_per_s"]
         b = ours64.result["items_per_s"] / ceiling
         lines.append(f"- {method}: 1-item requests at concurrency 64 reach {a:.0%} of the bare "
-                     f"server's requests/s (target >= 70%); {BATCH_ITEMS}-item requests reach "
-                     f"{b:.0%} of raw ONNX Runtime's best items/s (target >= 70%).")
+                     f"server's requests/s (goal >= 70%); {BATCH_ITEMS}-item requests reach "
+                     f"{b:.0%} of raw ONNX Runtime's best items/s (goal >= 70%).")
     return "\n".join(lines) + "\n"
 
 

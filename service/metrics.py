@@ -1,4 +1,4 @@
-"""Every Prometheus metric of DESIGN.md, created once against a registry passed in."""
+"""Every Prometheus metric of docs/architecture.md, created once against a registry passed in."""
 
 from __future__ import annotations
 

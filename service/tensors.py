@@ -13,7 +13,7 @@ FLOAT32 = np.dtype("<f4")
 
 
 def to_tensor(array: np.ndarray) -> vae_pb2.Tensor:
-    """Little-endian float32, row-major, shape first: the wire format of DESIGN.md."""
+    """Little-endian float32, row-major, shape first: the wire format of docs/architecture.md."""
     data = np.ascontiguousarray(array, dtype=FLOAT32)
     return vae_pb2.Tensor(shape=data.shape, data=data.tobytes())
 

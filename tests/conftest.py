@@ -14,7 +14,10 @@ from service.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED = ROOT.parent / "shared"
+"""The team's folder beside a checkout (MNIST files, ghz, grpcurl); tests needing it skip without it."""
+SHARED_DATA = SHARED / "data"
+SHARED_TOOLS = SHARED / "tools" / "bin"
 DIGITS_EPOCHS = 30
 
 

@@ -1,56 +1,181 @@
-"""The README's commands work: make targets exist, vae-client lines run against a real server."""
+"""README.md can be followed: its commands run as written, in order, in a copy of the project.
 
-import asyncio
+Each ```sh block runs in bash; `make serve` starts in the background and is stopped when the
+next one starts or the walk ends. The only change to a command is the server address: the
+walk serves on a free port (VAE_SERVE_PORT, VAE_CLIENT_TARGET, and 127.0.0.1:50051 in the
+lines of grpcurl, ghz and Python replaced by it).
+"""
+
+from __future__ import annotations
+
+import os
 import re
-import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.client import main as client_main
-from service.images import write_png
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHARED_DATA, SHARED_TOOLS
 
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```[a-z]*\n(.*?)```", README, flags=re.S)
-LINES = [line.split("#")[0].strip() for block in BLOCKS for line in block.splitlines()]
+MNIST_SECTION = "## MNIST end to end"
+NOT_WALKED = {
+    "make test": "the walk is part of make test",
+    "make install PIP_ARGS=": "download.pytorch.org is outside the package registries CI reaches",
+}
+SERVE_START_S = 600
 
 
-def test_make_targets_in_the_readme_exist() -> None:
-    makefile = (ROOT / "Makefile").read_text()
-    targets = {w.split()[1] for w in LINES if w.startswith("make ")}
-    assert {"serve", "test"} <= targets
-    assert all(re.search(rf"^{t}:", makefile, flags=re.M) for t in targets)
+def _blocks(section: str | None) -> list[tuple[str, str]]:
+    """(language, code) of each fenced block, within `section` or outside the MNIST section."""
+    parts = re.split(r"^(## .*)$", README, flags=re.M)
+    chosen, heading = [], ""
+    for part in parts:
+        if part.startswith("## "):
+            heading = part.strip()
+            continue
+        if (heading == section) if section else heading != MNIST_SECTION:
+            chosen += re.findall(r"```([a-z]*)\n(.*?)```", part, flags=re.S)
+    return chosen
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-def _run_client_lines(port: int, folder: Path) -> list[int]:
-    write_png(folder / "noisy.png", np.random.default_rng(0).random((8, 8)).astype(np.float32))
-    codes = []
-    for line in (x for x in LINES if x.startswith(".venv/bin/vae-client")):
-        argv = ["--target", f"127.0.0.1:{port}", *shlex.split(line)[1:]]
-        try:
-            codes.append(client_main(argv))
-        except SystemExit as done:  # --help
-            codes.append(int(done.code or 0))
-    return codes
+def test_readme_commands_are_runnable_blocks() -> None:
+    """Every command block is marked sh (walked) or text (a picture), never left unmarked."""
+    languages = {language for language, _ in _blocks(None) + _blocks(MNIST_SECTION)}
+    assert languages <= {"sh", "python", "text"} and "sh" in languages
 
 
-async def test_readme_client_commands_succeed(server, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    codes = await asyncio.to_thread(_run_client_lines, server.port, tmp_path)
-    assert codes and all(code == 0 for code in codes)
-    assert (tmp_path / "grid.png").exists() and (tmp_path / "clean.png").exists()
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("script", ["vae-train", "vae-export", "vae-serve", "vae-client"])
-def test_console_scripts_answer_help(script: str) -> None:
-    import subprocess
+@dataclass
+class Walk:
+    """A copy of the project and the environment its README commands run in."""
 
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / script), "--help"], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0 and "usage:" in out.stdout
+    folder: Path
+    port: int = field(default_factory=_free_port)
+    serving: subprocess.Popen[bytes] | None = None
+    log: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        tools = f"{SHARED_TOOLS}{os.pathsep}" if SHARED_TOOLS.is_dir() else ""
+        return {**os.environ, "VAE_SERVE_PORT": str(self.port),
+                "VAE_SERVE_METRICS_PORT": str(_free_port()),
+                "VAE_CLIENT_TARGET": f"127.0.0.1:{self.port}",
+                "PATH": tools + os.environ["PATH"]}
+
+    def command(self, line: str) -> str:
+        return line.replace("127.0.0.1:50051", f"127.0.0.1:{self.port}")
+
+    def run(self, language: str, code: str) -> None:
+        if language == "python":
+            self._check(["bash", "-c", ".venv/bin/python -"], code)
+            return
+        script: list[str] = []
+        for line in re.sub(r"\\\n\s*", "", code).splitlines():
+            words = line.split("#")[0].strip()
+            if not words:
+                continue
+            if any(words.startswith(prefix) for prefix in NOT_WALKED):
+                continue
+            if words.startswith("make serve"):
+                self._flush(script)
+                self.serve(words)
+            elif (tool := words.split()[0]) in ("grpcurl", "ghz") and not shutil.which(tool, path=self.env["PATH"]):
+                self.not_run.append(words)
+            else:
+                script.append(self.command(line))
+        self._flush(script)
+
+    def _flush(self, script: list[str]) -> None:
+        if script:
+            self._check(["bash", "-euo", "pipefail", "-c", "\n".join(script)], None)
+            script.clear()
+
+    def _check(self, argv: list[str], stdin: str | None) -> None:
+        done = subprocess.run(argv, input=None if stdin is None else self.command(stdin),
+                              cwd=self.folder, env=self.env, capture_output=True, text=True,
+                              timeout=900)
+        self.log.append(done.stdout + done.stderr)
+        assert done.returncode == 0, f"{argv[-1]!r} exit {done.returncode}:\n{done.stdout}\n{done.stderr}"
+
+    def serve(self, line: str) -> None:
+        self.stop()
+        self.serving = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=self.folder,
+                                        env=self.env, start_new_session=True)
+        deadline = time.monotonic() + SERVE_START_S
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.serving.poll() is None, f"{line!r} exited {self.serving.returncode}"
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                except grpc.RpcError:
+                    time.sleep(1)
+        raise AssertionError(f"{line!r} did not serve within {SERVE_START_S} s")
+
+    def stop(self) -> None:
+        if self.serving is not None:
+            os.killpg(self.serving.pid, signal.SIGINT)
+            assert self.serving.wait(timeout=60) in (0, 2, -signal.SIGINT)
+            self.serving = None
+
+
+@pytest.fixture
+def walk(tmp_path: Path) -> Iterator[Walk]:
+    """A copy of the project's files (mtimes kept, so make sees .venv as up to date)."""
+    stamp = ROOT / ".venv" / ".installed-stamp"
+    assert stamp.is_file(), "run make install first"
+    assert all(stamp.stat().st_mtime >= (ROOT / name).stat().st_mtime
+               for name in ("pyproject.toml", "constraints.txt")), "run make install first"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    folder = tmp_path / "project"
+    for name in listed.splitlines():
+        if (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    (folder / ".venv").symlink_to(ROOT / ".venv")
+    running = Walk(folder)
+    yield running
+    running.stop()
+
+
+def test_readme_walks_from_install_to_calls(walk: Walk) -> None:
+    for language, code in _blocks(None):
+        if language != "text":
+            walk.run(language, code)
+    assert (walk.folder / "models" / "vae" / "1" / "manifest.json").is_file()
+    assert {"grid.png", "noisy.png", "clean.png", "codes.npz"} <= {p.name for p in walk.folder.iterdir()}
+    if walk.not_run:
+        pytest.skip(f"every other README command ran; no grpcurl/ghz for: {walk.not_run}")
+
+
+@pytest.mark.mnist
+def test_readme_mnist_path_serves_an_mnist_model(walk: Walk) -> None:
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"no MNIST IDX files in {SHARED_DATA / 'mnist'}")
+    (walk.folder / "data").mkdir()
+    (walk.folder / "data" / "mnist").symlink_to(SHARED_DATA / "mnist")
+    for language, code in _blocks(MNIST_SECTION):
+        walk.run(language, code)
+    assert (walk.folder / "models" / "mnist" / "1" / "manifest.json").is_file()
+    assert (walk.folder / "mnist-clean.png").is_file()
