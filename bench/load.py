@@ -2,6 +2,7 @@
 
 python -m bench.load --target 127.0.0.1:50051 --method Decode --items 1 --concurrency 64
 prints one JSON line: requests, errors, seconds, requests_per_s, items_per_s, p50_ms, p99_ms.
+Needs a server already listening at --target (loopback only); runs --seconds (default 5).
 """
 
 from __future__ import annotations

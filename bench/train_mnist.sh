@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Training benchmark of issue 3: MNIST and Fashion-MNIST runs, then k=5000 likelihoods.
-# Usage: bash bench/train_mnist.sh [RUNS_DIR]   (about 1.5 hours on 2 idle cores)
+# Training benchmark of docs/benchmarks.md: MNIST and Fashion-MNIST runs, then k=5000 likelihoods.
+# Usage: bash bench/train_mnist.sh [RUNS_DIR] DATA_DIR
+#    or: DATA_DIR=FOLDER bash bench/train_mnist.sh [RUNS_DIR]
+#   RUNS_DIR  where the run folders go (default runs/bench)
+#   DATA_DIR  required: a folder holding mnist/ and fashion-mnist/, each with the standard
+#             gzipped IDX files (docs/training.md, "Getting MNIST and Fashion-MNIST")
+#   BINARY_EPOCHS (default 15), IWAE_IMAGES (default 500): the binarised run's epochs and the
+#             number of test images of its k=5000 evaluation
+# About 1.5 hours on 2 idle cores; needs .venv (make install).
 # A run folder that already holds metrics.json is kept, so the script can be resumed.
 # Then:  .venv/bin/python -m bench.training_report RUNS_DIR   (prints the markdown tables)
 set -euo pipefail
 runs=${1:-runs/bench}
-data=${DATA_DIR:-../shared/data}
+data=${2:-${DATA_DIR:-}}
+if [ -z "$data" ]; then
+  echo "train_mnist.sh: no data folder; pass DATA_DIR (second argument or environment variable): a folder with mnist/ and fashion-mnist/ IDX files, see docs/training.md" >&2
+  exit 2
+fi
 common=(--epochs 10 --batch-size 128 --lr 1e-3 --seed 1)
 conv=(--arch conv --latent-dim 32 --hidden-dim 512)
 

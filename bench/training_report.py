@@ -1,6 +1,9 @@
 """Markdown tables from benchmark run folders (bench/train_mnist.sh) for docs/benchmarks.md.
 
 python -m bench.training_report runs/bench [--repo models]
+
+Reads config.json and metrics.json of every run folder (and, with --repo, the manifests and
+graph sizes of every published version); prints the tables in a second or two.
 """
 
 from __future__ import annotations

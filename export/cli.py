@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest.json, after the ONNX checker and a parity check against torch (max abs "
         "error <= 1e-5 at batch sizes 1, 3, 64). Publishing is atomic; versions are never "
         "overwritten. Or re-verify a published version with --check.",
+        epilog="exit codes: 0 published or verified; 1 a graph failed a check of its contents "
+        "(ONNX checker, parity, the smoke run); 2 a wrong input (run folder, repository, "
+        "manifest, sha256 mismatch, an existing version).",
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("run", type=Path, nargs="?", help="run folder written by vae-train")

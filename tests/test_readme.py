@@ -98,11 +98,14 @@ class Walk:
             if words.startswith("make serve"):
                 self._flush(script)
                 self.serve(words)
-            elif (tool := words.split()[0]) in ("grpcurl", "ghz") and not shutil.which(tool, path=self.env["PATH"]):
+            elif words.split()[0] in ("grpcurl", "ghz") and not self._has(words.split()[0]):
                 self.not_run.append(words)
             else:
                 script.append(self.command(line))
         self._flush(script)
+
+    def _has(self, tool: str) -> bool:
+        return shutil.which(tool, path=self.env["PATH"]) is not None
 
     def _flush(self, script: list[str]) -> None:
         if script:
