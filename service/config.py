@@ -1,59 +1,104 @@
-"""ServerConfig: the only place that holds a server default or reads a VAE_SERVE_* variable."""
+"""ServerConfig: the only place that holds a server default or reads a VAE_SERVE_* variable.
+
+Each field carries its help text and its parser (`setting(...)`), so a flag, its environment
+twin and `--help` cannot drift apart. Precedence: flag, then environment, then default.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "VAE_SERVE_"
 DEVICES = ("auto", "cuda", "cpu")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+Parser = Callable[[str], Any]
 
 
 class ConfigError(ValueError):
-    """A setting out of range; the message names the flag, its variable and what is valid."""
+    """A setting that does not parse or is out of range; names the flag, its variable, what is valid."""
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, 1/0, yes/no, on/off, any case."""
+    if text.strip().lower() in _TRUE:
+        return True
+    if text.strip().lower() in _FALSE:
+        return False
+    raise ValueError(f"expected one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
+
+
+def parse_optional_path(text: str) -> Path | None:
+    """An empty value means unset."""
+    return Path(text) if text.strip() else None
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def parse_float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def parse_choice(choices: Sequence[str], upper: bool = False) -> Parser:
+    def parse(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def setting(default: Any, help: str, parse: Parser, metavar: str | None = None) -> Any:
+    """A config field: its default, one line of help (with units) and the parser of its text."""
+    return field(default=default, metadata={"help": help, "parse": parse, "metavar": metavar})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Settings of one server process. Each field is a flag --field-name and VAE_SERVE_FIELD_NAME."""
 
-    model_repo: Path = Path("models")
-    """Model repository folder written by vae-export."""
-    model_name: str = "vae"
-    """Model folder inside the repository."""
-    model_version: int = 0
-    """Version to serve; 0 = the newest published version."""
-    host: str = "127.0.0.1"
-    """Address to bind; 0.0.0.0 inside a container."""
-    port: int = 50051
-    """gRPC port; 0 picks a free port (tests)."""
-    metrics_port: int = 8002
-    """Prometheus /metrics HTTP port; 0 picks a free port, -1 turns the endpoint off."""
-    device: str = "auto"
-    """auto: CUDA when a GPU and onnxruntime-gpu are there, else CPU; cuda: GPU or refuse to start."""
-    max_batch_size: int = 64
-    """Most rows per ONNX Runtime call; larger requests are split and reassembled."""
-    max_queue_delay_us: int = 0
-    """Longest a queued row waits for company before a partial batch runs; 0 = opportunistic."""
-    max_queue_rows: int = 4096
-    """Rows queued per graph before new requests get RESOURCE_EXHAUSTED."""
-    instances: int = 1
-    """Concurrent runners per graph (like Triton's instance count)."""
-    intra_op_threads: int = 0
-    """ONNX Runtime intra-op threads per session; 0 = ONNX Runtime's default (all cores)."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest gRPC message received or sent, in bytes."""
-    max_sample_count: int = 1024
-    """Largest Sample.count accepted."""
-    grace_s: float = 10.0
-    """Seconds in-flight requests get to finish after SIGTERM before the server stops."""
-    log_level: str = "INFO"
-    """Logging level."""
+    model_repo: Path = setting(Path("models"), "model repository folder written by vae-export",
+                               Path, "PATH")
+    model_name: str = setting("vae", "model folder inside the repository", str, "NAME")
+    model_version: int = setting(0, "version to serve; 0 = the newest published version",
+                                 parse_int, "N")
+    host: str = setting("127.0.0.1", "address to bind; 0.0.0.0 inside a container", str, "ADDR")
+    port: int = setting(50051, "gRPC port; 0 picks a free port (tests)", parse_int, "PORT")
+    metrics_port: int = setting(8002, "Prometheus /metrics HTTP port; 0 picks a free port, -1 "
+                                "turns the endpoint off", parse_int, "PORT")
+    device: str = setting("auto", "auto: CUDA when a GPU and onnxruntime-gpu are there, else CPU; "
+                          "cuda: GPU or refuse to start", parse_choice(DEVICES))
+    max_batch_size: int = setting(64, "most rows per ONNX Runtime call; larger requests are split "
+                                  "and reassembled", parse_int, "ROWS")
+    max_queue_delay_us: int = setting(0, "longest a queued row waits for company before a partial "
+                                      "batch runs, microseconds; 0 = opportunistic", parse_int, "US")
+    max_queue_rows: int = setting(4096, "rows queued per graph before new requests get "
+                                  "RESOURCE_EXHAUSTED", parse_int, "ROWS")
+    instances: int = setting(1, "concurrent runners per graph (like Triton's instance count)",
+                             parse_int, "N")
+    intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads per session; 0 = ONNX "
+                                    "Runtime's default (all cores)", parse_int, "N")
+    max_message_bytes: int = setting(64 * 1024 * 1024, "largest gRPC message received or sent, "
+                                     "bytes", parse_int, "BYTES")
+    max_sample_count: int = setting(1024, "largest Sample.count accepted", parse_int, "N")
+    grace_s: float = setting(10.0, "seconds in-flight requests get to finish after SIGTERM before "
+                             "the server stops", parse_float, "S")
+    log_level: str = setting("INFO", "logging level", parse_choice(LOG_LEVELS, upper=True))
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue_rows", "instances", "max_message_bytes",
@@ -66,71 +111,59 @@ class ServerConfig:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("--port and --metrics-port must be within 0..65535")
-        if self.device not in DEVICES:
-            raise ConfigError(f"{_flag('device')} must be one of {', '.join(DEVICES)}, got "
-                              f"{self.device!r}")
-        if self.log_level.upper() not in LOG_LEVELS:
-            raise ConfigError(f"{_flag('log_level')} must be one of {', '.join(LOG_LEVELS)}")
 
     @classmethod
     def from_args(
         cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
     ) -> ServerConfig:
-        """Parse flags whose defaults come from VAE_SERVE_* (environment), then from the class."""
-        args = build_parser(os.environ if environ is None else environ).parse_args(argv)
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        """Flags, then VAE_SERVE_* variables, then defaults; a bad value raises ConfigError."""
+        environ = os.environ if environ is None else environ
+        args = build_parser().parse_args(argv)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            flag_text = getattr(args, f.name)
+            if flag_text is not None:
+                values[f.name] = _parse(f.name, flag_text, _flag_only(f.name))
+            elif env_name(f.name) in environ:
+                values[f.name] = _parse(f.name, environ[env_name(f.name)], env_name(f.name))
+        return cls(**values)
 
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+def _flag_only(field_name: str) -> str:
+    return f"--{field_name.replace('_', '-')}"
+
+
 def _flag(field_name: str) -> str:
-    return f"--{field_name.replace('_', '-')} ({env_name(field_name)})"
+    return f"{_flag_only(field_name)} ({env_name(field_name)})"
 
 
-def _field_docs() -> dict[str, str]:
-    """Attribute docstrings, read from the source, so --help and the code never drift apart."""
-    import ast
-    import inspect
-    import itertools
-
-    tree = ast.parse(inspect.getsource(ServerConfig))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, following in itertools.pairwise(body):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(
-            following, ast.Expr) and isinstance(following.value, ast.Constant):
-            docs[node.target.id] = str(following.value.value)
-    return docs
+def _parse(field_name: str, text: str, source: str) -> Any:
+    parse: Parser = _FIELDS[field_name].metadata["parse"]
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise ConfigError(f"{source}={text!r}: {err}") from None
 
 
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    """One flag per field; a set VAE_SERVE_* variable replaces the field's default."""
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per field; values stay text here and are parsed by the field's own parser."""
     parser = argparse.ArgumentParser(
         prog="vae-serve",
         description="Serve a VAE from the model repository over gRPC (vae.v1.VaeService, "
         "health, reflection) with dynamic batching and Prometheus metrics. Every flag can "
         "also be set by its VAE_SERVE_* environment variable; a flag wins over the variable.",
     )
-    docs = _field_docs()
-    choices = {"device": DEVICES, "log_level": LOG_LEVELS}
     for f in fields(ServerConfig):
-        kind: Callable[[str], Any] = type(f.default)
-        default = f.default
-        if env_name(f.name) in environ:
-            try:
-                default = kind(environ[env_name(f.name)])
-            except ValueError:
-                parser.error(f"{env_name(f.name)}={environ[env_name(f.name)]!r} is not a "
-                             f"valid {f.type}")
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            type=str.upper if f.name == "log_level" else kind,
-            default=default,
-            choices=choices.get(f.name),
-            metavar=None if f.name in choices else f.name.split("_")[-1].upper(),
-            help=f"{docs.get(f.name, '')} (default: {default}; env {env_name(f.name)})",
-        )
+        meta = f.metadata
+        choices = {"device": DEVICES, "log_level": LOG_LEVELS}.get(f.name)
+        metavar = "{" + ",".join(choices) + "}" if choices else meta["metavar"]
+        parser.add_argument(_flag_only(f.name), dest=f.name, default=None, metavar=metavar,
+                            help=f"{meta['help']} (default: {f.default}; env {env_name(f.name)})")
     return parser
+
+
+_FIELDS = {f.name: f for f in fields(ServerConfig)}
