@@ -50,8 +50,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)  ## create .venv and install the project with its pinned dependencies
 
 train: $(STAMP)  ## train the digits model into RUN and write its report
-	$(BIN)/vae-train --dataset digits --arch mlp --latent-dim 8 --hidden-dim 128 \
-	  --epochs 60 --batch-size 32 --noise gaussian:0.2 --out $(RUN)
+	$(BIN)/vae-train --dataset digits --arch mlp --latent-dim 16 --hidden-dim 256 --beta 0.1 \
+	  --epochs 150 --batch-size 32 --noise gaussian:0.2 --out $(RUN)
 	@echo "report: $(RUN)/report.md"
 
 train-mnist: $(STAMP)  ## train the MNIST model from DATA_DIR into runs/mnist-mlp
