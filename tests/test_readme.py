@@ -8,6 +8,7 @@ lines of grpcurl, ghz and Python replaced by it).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -167,6 +168,9 @@ def test_readme_walks_from_install_to_calls(walk: Walk) -> None:
         if language != "text":
             walk.run(language, code)
     assert (walk.folder / "models" / "vae" / "1" / "manifest.json").is_file()
+    psnr = json.loads((walk.folder / "runs" / "digits-mlp" / "metrics.json").read_text())[
+        "evaluation"]["psnr"]["gaussian:0.2"]
+    assert psnr["vae"] > max(psnr["noisy"], psnr["pca"]) + 1, "the quick-start model must denoise"
     assert {"grid.png", "noisy.png", "clean.png", "codes.npz"} <= {p.name for p in walk.folder.iterdir()}
     if walk.not_run:
         pytest.skip(f"every other README command ran; no grpcurl/ghz for: {walk.not_run}")
