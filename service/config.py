@@ -77,6 +77,8 @@ class ServerConfig:
     model_name: str = setting("vae", "model folder inside the repository", str, "NAME")
     model_version: int = setting(0, "version to serve; 0 = the newest published version",
                                  parse_int, "N")
+    poll_interval_s: float = setting(10.0, "seconds between rescans of the repository for a new "
+                                     "version; 0 = only on SIGHUP", parse_float, "S")
     host: str = setting("127.0.0.1", "address to bind; 0.0.0.0 inside a container", str, "ADDR")
     port: int = setting(50051, "gRPC port; 0 picks a free port (tests)", parse_int, "PORT")
     metrics_port: int = setting(8002, "Prometheus /metrics HTTP port; 0 picks a free port, -1 "
@@ -106,7 +108,8 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("model_version", "max_queue_delay_us", "intra_op_threads", "grace_s"):
+        for name in ("model_version", "max_queue_delay_us", "intra_op_threads", "grace_s",
+                     "poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:

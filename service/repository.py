@@ -17,6 +17,9 @@ MANIFEST = "manifest.json"
 ENCODER = "encoder.onnx"
 DECODER = "decoder.onnx"
 GRAPH_FILES = {"encoder": ENCODER, "decoder": DECODER}
+INPUT_NAMES = {"encoder": "x", "decoder": "z"}
+OUTPUT_NAMES = {"encoder": ["mean", "log_var"], "decoder": ["x_hat"]}
+"""Tensor names of the contract; the server fetches outputs by these names, never by position."""
 
 
 class ManifestError(ValueError):
@@ -48,7 +51,10 @@ class Manifest:
     created: str
     """UTC, ISO-8601."""
     schema_version: int = SCHEMA_VERSION
-    inputs: dict[str, str] = field(default_factory=lambda: {"encoder": "x", "decoder": "z"})
+    inputs: dict[str, str] = field(default_factory=lambda: dict(INPUT_NAMES))
+    outputs: dict[str, list[str]] = field(
+        default_factory=lambda: {graph: list(names) for graph, names in OUTPUT_NAMES.items()})
+    """Graph -> its output names (absent in older manifests: the contract's names)."""
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -77,6 +83,10 @@ class Manifest:
             raise ManifestError(f"{source}: image_shape must be [C, H, W] of positive ints")
         if data["latent_dim"] < 1 or data["version"] < 1:
             raise ManifestError(f"{source}: latent_dim and version must be >= 1")
+        outputs = data.get("outputs", OUTPUT_NAMES)
+        if not isinstance(outputs, dict) or {g: sorted(n) for g, n in outputs.items()} != {
+                g: sorted(n) for g, n in OUTPUT_NAMES.items()}:
+            raise ManifestError(f"{source}: outputs must be {OUTPUT_NAMES}, got {outputs!r}")
         if set(data["sha256"]) != set(GRAPH_FILES.values()):
             raise ManifestError(f"{source}: sha256 must name exactly {sorted(GRAPH_FILES.values())}")
         return cls(**{**data, "image_shape": (shape[0], shape[1], shape[2])})

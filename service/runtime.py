@@ -31,10 +31,18 @@ def choose_providers(device: str) -> list[str]:
     return [CUDA, CPU] if device in ("cuda", "auto") and has_cuda else [CPU]
 
 
-class OrtRunner:
-    """One InferenceSession; `run` may be called from several threads at once (ORT allows it)."""
+Signature = dict[str, list[int | str | None]]
+"""Tensor name -> dimensions (an int, or a name/None for a dynamic axis)."""
 
-    def __init__(self, path: Path, device: str, intra_op_threads: int) -> None:
+
+class OrtRunner:
+    """One InferenceSession; `run` may be called from several threads at once (ORT allows it).
+
+    Outputs are fetched by name, in the order of `output_names`, never by graph position.
+    """
+
+    def __init__(self, path: Path, device: str, intra_op_threads: int, input_name: str,
+                 output_names: list[str]) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -47,8 +55,9 @@ class OrtRunner:
         if device == "cuda" and self.provider != CUDA:
             raise ModelUnavailable(f"--device cuda: CUDA could not be initialised for {path.name} "
                                    f"(got {self.provider}); is a GPU visible to this process?")
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.inputs: Signature = {i.name: list(i.shape) for i in self.session.get_inputs()}
+        self.outputs: Signature = {o.name: list(o.shape) for o in self.session.get_outputs()}
+        self.input_name, self.output_names = input_name, output_names
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch; on CUDA through I/O binding so each tensor crosses the bus once."""

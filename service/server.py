@@ -15,12 +15,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import CollectorRegistry
 
-from service.batcher import BatchObserver
 from service.config import ServerConfig
-from service.metrics import GraphObserver, Metrics, serve_metrics
-from service.model import VaeModel
+from service.dataplane import DataPlane
+from service.metrics import Metrics, serve_metrics
+from service.repository import resolve_version
 from service.servicer import VaeServicer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.version import load_graphs
+from service.watcher import VersionWatcher
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
@@ -56,15 +58,18 @@ class RunningServer:
     port: int
     metrics_port: int
     health: HealthServicer
-    model: VaeModel
+    plane: DataPlane
+    watcher: VersionWatcher
+    watching: asyncio.Task[None]
     metrics: Metrics
     metrics_http: WSGIServer | None
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING at once, new RPCs refused, in-flight ones get grace_s to finish."""
+        self.watching.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        await self.model.close()
+        await self.plane.close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -75,15 +80,13 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     """Load and warm the model, then start serving; health is SERVING when this returns."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    observers: dict[str, BatchObserver] = {
-        graph: GraphObserver(metrics, graph) for graph in ("encoder", "decoder")}
-    model = VaeModel.load(config, observers)
-    metrics.model_info.labels(str(model.manifest.version), model.provider).set(1)
+    folder = resolve_version(config.model_repo, config.model_name, config.model_version)
+    plane = DataPlane(config, metrics, await asyncio.to_thread(load_graphs, folder, config))
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.so_reuseport", 0)]
     server = grpc.aio.server(options=options)
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(model, metrics, config), server)
+    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(plane), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflected = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
@@ -98,9 +101,12 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
         metrics_port = int(metrics_http.server_port)
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    logger.info("serving %s on %s:%d (metrics :%d) with %s", model.folder_name, config.host,
-                port, metrics_port, model.provider)
-    return RunningServer(server, port, metrics_port, health, model, metrics, metrics_http)
+    logger.info("serving %s on %s:%d (metrics :%d) with %s", plane.current.label, config.host,
+                port, metrics_port, plane.current.provider)
+    watcher = VersionWatcher(plane, config, metrics)
+    watching = asyncio.get_running_loop().create_task(watcher.run(), name="version-watcher")
+    return RunningServer(server, port, metrics_port, health, plane, watcher, watching, metrics,
+                         metrics_http)
 
 
 async def serve(config: ServerConfig) -> None:
@@ -110,6 +116,7 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, running.watcher.rescan_soon)
     await stop.wait()
     logger.info("draining: NOT_SERVING, up to %.1f s for in-flight requests", config.grace_s)
     await running.stop(config.grace_s)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"/\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"O\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07log_var\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\"0\n\rDecodeRequest\x12\x1f\n\x07latents\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"0\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"A\n\rSampleRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"_\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"0\n\x0e\x44\x65noiseRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"1\n\x0f\x44\x65noiseResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"\x15\n\x13GetModelInfoRequest\"m\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x16\n\x0emax_queue_rows\x18\x03 \x01(\r\x12\x11\n\tinstances\x18\x04 \x01(\r\"\xd0\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bimage_shape\x18\x02 \x03(\x03\x12\x12\n\nlatent_dim\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12&\n\x08\x62\x61tching\x18\x06 \x01(\x0b\x32\x14.vae.v1.BatchingInfo\x12\x18\n\x10max_sample_count\x18\x07 \x01(\r\x12\x0c\n\x04\x61rch\x18\x08 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\t \x01(\t2\xb3\x02\n\nVaeService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12:\n\x07\x44\x65noise\x12\x16.vae.v1.DenoiseRequest\x1a\x17.vae.v1.DenoiseResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"/\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"`\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07log_var\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\r\"0\n\rDecodeRequest\x12\x1f\n\x07latents\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"A\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x02 \x01(\r\"A\n\rSampleRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"p\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0f\n\x07version\x18\x04 \x01(\r\"0\n\x0e\x44\x65noiseRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"B\n\x0f\x44\x65noiseResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x15\n\x13GetModelInfoRequest\"m\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x16\n\x0emax_queue_rows\x18\x03 \x01(\r\x12\x11\n\tinstances\x18\x04 \x01(\r\"\xd0\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bimage_shape\x18\x02 \x03(\x03\x12\x12\n\nlatent_dim\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12&\n\x08\x62\x61tching\x18\x06 \x01(\x0b\x32\x14.vae.v1.BatchingInfo\x12\x18\n\x10max_sample_count\x18\x07 \x01(\r\x12\x0c\n\x04\x61rch\x18\x08 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\t \x01(\t2\xb3\x02\n\nVaeService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12:\n\x07\x44\x65noise\x12\x16.vae.v1.DenoiseRequest\x1a\x17.vae.v1.DenoiseResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODEREQUEST']._serialized_start=67
   _globals['_ENCODEREQUEST']._serialized_end=114
   _globals['_ENCODERESPONSE']._serialized_start=116
-  _globals['_ENCODERESPONSE']._serialized_end=195
-  _globals['_DECODEREQUEST']._serialized_start=197
-  _globals['_DECODEREQUEST']._serialized_end=245
-  _globals['_DECODERESPONSE']._serialized_start=247
-  _globals['_DECODERESPONSE']._serialized_end=295
-  _globals['_SAMPLEREQUEST']._serialized_start=297
-  _globals['_SAMPLEREQUEST']._serialized_end=362
-  _globals['_SAMPLERESPONSE']._serialized_start=364
-  _globals['_SAMPLERESPONSE']._serialized_end=459
-  _globals['_DENOISEREQUEST']._serialized_start=461
-  _globals['_DENOISEREQUEST']._serialized_end=509
-  _globals['_DENOISERESPONSE']._serialized_start=511
-  _globals['_DENOISERESPONSE']._serialized_end=560
-  _globals['_GETMODELINFOREQUEST']._serialized_start=562
-  _globals['_GETMODELINFOREQUEST']._serialized_end=583
-  _globals['_BATCHINGINFO']._serialized_start=585
-  _globals['_BATCHINGINFO']._serialized_end=694
-  _globals['_MODELINFO']._serialized_start=697
-  _globals['_MODELINFO']._serialized_end=905
-  _globals['_VAESERVICE']._serialized_start=908
-  _globals['_VAESERVICE']._serialized_end=1215
+  _globals['_ENCODERESPONSE']._serialized_end=212
+  _globals['_DECODEREQUEST']._serialized_start=214
+  _globals['_DECODEREQUEST']._serialized_end=262
+  _globals['_DECODERESPONSE']._serialized_start=264
+  _globals['_DECODERESPONSE']._serialized_end=329
+  _globals['_SAMPLEREQUEST']._serialized_start=331
+  _globals['_SAMPLEREQUEST']._serialized_end=396
+  _globals['_SAMPLERESPONSE']._serialized_start=398
+  _globals['_SAMPLERESPONSE']._serialized_end=510
+  _globals['_DENOISEREQUEST']._serialized_start=512
+  _globals['_DENOISEREQUEST']._serialized_end=560
+  _globals['_DENOISERESPONSE']._serialized_start=562
+  _globals['_DENOISERESPONSE']._serialized_end=628
+  _globals['_GETMODELINFOREQUEST']._serialized_start=630
+  _globals['_GETMODELINFOREQUEST']._serialized_end=651
+  _globals['_BATCHINGINFO']._serialized_start=653
+  _globals['_BATCHINGINFO']._serialized_end=762
+  _globals['_MODELINFO']._serialized_start=765
+  _globals['_MODELINFO']._serialized_end=973
+  _globals['_VAESERVICE']._serialized_start=976
+  _globals['_VAESERVICE']._serialized_end=1283
 # @@protoc_insertion_point(module_scope)

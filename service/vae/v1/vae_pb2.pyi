@@ -21,12 +21,14 @@ class EncodeRequest(_message.Message):
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
-    __slots__ = ("mean", "log_var")
+    __slots__ = ("mean", "log_var", "version")
     MEAN_FIELD_NUMBER: _ClassVar[int]
     LOG_VAR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     mean: Tensor
     log_var: Tensor
-    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., log_var: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    version: int
+    def __init__(self, mean: _Optional[_Union[Tensor, _Mapping]] = ..., log_var: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("latents",)
@@ -35,10 +37,12 @@ class DecodeRequest(_message.Message):
     def __init__(self, latents: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
     __slots__ = ("count", "seed", "temperature")
@@ -51,14 +55,16 @@ class SampleRequest(_message.Message):
     def __init__(self, count: _Optional[int] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
-    __slots__ = ("images", "latents", "seed")
+    __slots__ = ("images", "latents", "seed", "version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     latents: Tensor
     seed: int
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., seed: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DenoiseRequest(_message.Message):
     __slots__ = ("images",)
@@ -67,10 +73,12 @@ class DenoiseRequest(_message.Message):
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class DenoiseResponse(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,89 @@
+"""The one place errors become gRPC status codes, and every RPC of every front is counted.
+
+Front-agnostic: a servicer of any front decorates its methods with `rpc(method, items)` and
+holds a `RequestMetrics` as `self.request_metrics`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from service.errors import DeadlineExpired, InvalidInput, ModelUnavailable, QueueFull
+from service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+STATUS_OF = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+"""Exception class -> gRPC status; anything else is INTERNAL and logged with its traceback."""
+
+
+class RequestMetrics:
+    """Metric children of one front's methods, resolved once: labels() takes a lock per call."""
+
+    def __init__(self, metrics: Metrics, methods: Iterable[str]) -> None:
+        self.inflight = metrics.inflight
+        self.requests = metrics.requests
+        self.items_of = {m: metrics.items.labels(m) for m in methods}
+        self.seconds_of = {m: metrics.request_seconds.labels(m) for m in methods}
+
+
+class Servicer(Protocol):
+    request_metrics: RequestMetrics
+
+
+Response = TypeVar("Response")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def status_for(err: Exception) -> tuple[grpc.StatusCode, str]:
+    for kind, code in STATUS_OF.items():
+        if isinstance(err, kind):
+            return code, str(err)
+    logger.exception("internal error", exc_info=err)
+    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
+
+
+def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]], Handler[Response]]:
+    """Count, time and map errors of one RPC; `items` counts what the response carries."""
+
+    def decorate(handler: Handler[Response]) -> Handler[Response]:
+        @functools.wraps(handler)
+        async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext
+                          ) -> Response:
+            metrics = self.request_metrics
+            metrics.inflight.inc()
+            started = time.monotonic()
+            code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
+            try:
+                response = await handler(self, request, context)
+                metrics.items_of[method].inc(items(response))
+                code = grpc.StatusCode.OK
+                return response
+            except Exception as err:
+                code, message = status_for(err)
+            finally:
+                metrics.inflight.dec()
+                metrics.seconds_of[method].observe(time.monotonic() - started)
+                metrics.requests.labels(method, code.name).inc()
+            await context.abort(code, message)
+            raise AssertionError("abort returns only by raising")
+
+        return wrapper
+
+    return decorate
+
+
+def deadline_s(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline on the time.monotonic() clock, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

@@ -1,0 +1,46 @@
+"""Checks of decoded inputs against the manifest of the version that serves the request.
+
+Front-agnostic: every front decodes its wire format to ndarrays, then calls these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from service.errors import InvalidInput
+
+
+def check_batch(array: np.ndarray, field: str, item_shape: tuple[int, ...], unit_range: bool
+                ) -> np.ndarray:
+    """A batch [N >= 1, *item_shape] of finite float32 values (in [0, 1] for images)."""
+    expected = "[N, " + ", ".join(str(v) for v in item_shape) + "]"
+    if array.ndim != len(item_shape) + 1 or array.shape[1:] != item_shape:
+        raise InvalidInput(f"{field}: shape {list(array.shape)} does not match {expected}")
+    if array.shape[0] < 1:
+        raise InvalidInput(f"{field}: empty batch (N = {array.shape[0]}); send at least one item")
+    finite = np.isfinite(array)
+    if not finite.all():
+        item = int(np.argmin(finite.reshape(array.shape[0], -1).all(axis=1)))
+        raise InvalidInput(f"{field}: item {item} contains NaN or Inf")
+    if unit_range:
+        outside = (array < 0) | (array > 1)
+        if outside.any():
+            item = int(np.argmax(outside.reshape(array.shape[0], -1).any(axis=1)))
+            raise InvalidInput(f"{field}: item {item} has pixel values outside [0, 1] "
+                               f"(min {array.min():.3g}, max {array.max():.3g}); scale images "
+                               "to [0, 1]")
+    return array
+
+
+def check_sample(count: int, temperature: float, max_count: int) -> float:
+    """Validate Sample's scalars; returns the temperature with 0 (unset) meaning 1."""
+    if not 1 <= count <= max_count:
+        raise InvalidInput(f"count: {count} is out of range; ask for 1..{max_count} samples")
+    if temperature == 0:
+        return 1.0
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InvalidInput(f"temperature: {temperature} is invalid; use a finite value > 0 "
+                           "(1 = the prior)")
+    return temperature

@@ -1,0 +1,135 @@
+"""ModelVersion: one loaded model version: its manifest, two ONNX Runtime sessions, two batchers.
+
+Loading is split in two: `load_graphs` does the slow, blocking part (sha256, sessions, the
+signature check, warm-up) and runs in a worker thread, so a new version can be prepared
+while the current one serves; `ModelVersion` then attaches batchers on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.batcher import BatchObserver, DynamicBatcher
+from service.config import ServerConfig
+from service.repository import (
+    GRAPH_FILES,
+    Manifest,
+    ManifestError,
+    read_manifest,
+    verify_graphs,
+)
+from service.runtime import OrtRunner, Signature
+
+logger = logging.getLogger(__name__)
+WARMUP_BATCH_SIZES = (1, 8)
+"""Batch sizes run once at load (plus max_batch_size) so first requests are not slow."""
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class LoadedGraphs:
+    """A verified, warmed-up version that is not serving yet."""
+
+    folder: Path
+    manifest: Manifest
+    encoder: OrtRunner
+    decoder: OrtRunner
+
+
+def _check_signature(graph: str, found: Signature, expected: dict[str, tuple[int, ...]]) -> None:
+    """Names, ranks and fixed dimensions as the manifest states; axis 0 must be dynamic."""
+    if set(found) != set(expected):
+        raise ManifestError(f"{graph}.onnx has tensors {sorted(found)}; the manifest states "
+                            f"{sorted(expected)}")
+    for name, tail in expected.items():
+        dims = found[name]
+        if len(dims) != len(tail) + 1 or isinstance(dims[0], int) or list(dims[1:]) != list(tail):
+            raise ManifestError(f"{graph}.onnx: {name} has dimensions {dims}; the manifest "
+                                f"states [batch, {', '.join(map(str, tail))}]")
+
+
+def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
+    """Read and verify a version folder, create its sessions, check them, warm them up."""
+    started = time.monotonic()
+    manifest = read_manifest(folder)
+    verify_graphs(folder, manifest)
+    runners = {graph: OrtRunner(folder / file, config.device, config.intra_op_threads,
+                                manifest.inputs[graph], manifest.outputs[graph])
+               for graph, file in GRAPH_FILES.items()}
+    image: tuple[int, ...] = tuple(manifest.image_shape)
+    latent = (manifest.latent_dim,)
+    Shapes = dict[str, tuple[int, ...]]
+    contract: dict[str, tuple[Shapes, Shapes]] = {"encoder": ({manifest.inputs["encoder"]: image},
+                            dict.fromkeys(manifest.outputs["encoder"], latent)),
+                "decoder": ({manifest.inputs["decoder"]: latent},
+                            dict.fromkeys(manifest.outputs["decoder"], image))}
+    for graph, (inputs, outputs) in contract.items():
+        _check_signature(graph, runners[graph].inputs, inputs)
+        _check_signature(graph, runners[graph].outputs, outputs)
+    for n in sorted({*WARMUP_BATCH_SIZES, config.max_batch_size}):
+        runners["encoder"].run(np.zeros((n, *image), np.float32))
+        runners["decoder"].run(np.zeros((n, *latent), np.float32))
+    logger.info("loaded %s in %.2f s", folder, time.monotonic() - started)
+    return LoadedGraphs(folder, manifest, runners["encoder"], runners["decoder"])
+
+
+def prior_latents(count: int, latent_dim: int, seed: int, temperature: float) -> np.ndarray:
+    """z ~ N(0, temperature^2 I) from the request's own PCG64 stream: same seed, same z, anywhere."""
+    z = np.random.Generator(np.random.PCG64(seed)).standard_normal((count, latent_dim),
+                                                                   dtype=np.float32)
+    return z * np.float32(temperature)
+
+
+class ModelVersion:
+    """A serving version; requests lease it, and it closes once retired and no lease is left."""
+
+    def __init__(self, graphs: LoadedGraphs, config: ServerConfig,
+                 observers: dict[str, BatchObserver]) -> None:
+        self.manifest = graphs.manifest
+        self.folder = graphs.folder
+        self.number = graphs.manifest.version
+        self.provider = graphs.decoder.provider
+        self.leases = 0
+        self.retired = False
+        self._encoder, self._decoder = (
+            DynamicBatcher(name, runner.run, max_batch_size=config.max_batch_size,
+                           max_queue_delay_us=config.max_queue_delay_us,
+                           max_queue_rows=config.max_queue_rows, instances=config.instances,
+                           observer=observers.get(name))
+            for name, runner in (("encoder", graphs.encoder), ("decoder", graphs.decoder)))
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.model_name}/{self.number}"
+
+    async def encode(self, images: np.ndarray, deadline_s: float | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        mean, log_var = await self._encoder.submit(images, deadline_s)
+        return mean, log_var
+
+    async def decode(self, latents: np.ndarray, deadline_s: float | None) -> np.ndarray:
+        (images,) = await self._decoder.submit(latents, deadline_s)
+        return images
+
+    async def sample(self, count: int, seed: int, temperature: float, deadline_s: float | None
+                     ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Seed 0 means: pick one (returned, so the draw can be repeated)."""
+        seed = seed or secrets.randbelow(MAX_SEED) + 1
+        latents = prior_latents(count, self.manifest.latent_dim, seed, temperature)
+        return await self.decode(latents, deadline_s), latents, seed
+
+    async def denoise(self, images: np.ndarray, deadline_s: float | None) -> np.ndarray:
+        """decode(posterior mean): the most likely clean image under the model."""
+        mean, _ = await self.encode(images, deadline_s)
+        return await self.decode(mean, deadline_s)
+
+    async def close(self) -> None:
+        """Stop both batchers; dropping the version then frees its sessions."""
+        await self._encoder.close()
+        await self._decoder.close()
