@@ -1,0 +1,257 @@
+"""New model versions are taken while traffic flows: zero failed requests, no mixed versions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.tensors import to_array, to_tensor
+from service.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.version import prior_latents
+from tests.conftest import ROOT, StartServer
+from tests.service.test_operations import _free_port
+
+CLIENTS = 32
+POLL_S = 0.1
+
+
+@pytest.fixture(scope="session")
+def variant_runs(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three runs with other weights than digits_run (the weights nudged, seeds 1..3)."""
+    import torch
+
+    runs = []
+    for seed in (1, 2, 3):
+        run = shutil.copytree(digits_run, tmp_path_factory.mktemp("variants") / f"run{seed}")
+        state = torch.load(run / "model.pt", weights_only=True)
+        generator = torch.Generator().manual_seed(seed)
+        nudged = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+        torch.save(nudged, run / "model.pt")
+        runs.append(run)
+    return runs
+
+
+@pytest.fixture
+def live_repo(model_repo: Path, tmp_path: Path) -> Path:
+    """A repository holding only vae/1, which the test then publishes into."""
+    repo = tmp_path / "live"
+    shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")
+    return repo
+
+
+def publish(run: Path, repo: Path, version: int, tamper: bool = False) -> Path:
+    """vae-export into a staging repository, optionally edit a graph, then move it in atomically."""
+    from export.cli import main
+
+    staging = repo.parent / f"staging-{version}"
+    assert main([str(run), "--repo", str(staging), "--version", str(version)]) == 0
+    folder = staging / "vae" / str(version)
+    if tamper:
+        blob = bytearray((folder / "decoder.onnx").read_bytes())
+        blob[-10] ^= 0xFF
+        (folder / "decoder.onnx").write_bytes(bytes(blob))
+    (repo / "vae").mkdir(parents=True, exist_ok=True)
+    return folder.rename(repo / "vae" / str(version))
+
+
+class Reference:
+    """What each version gives for one input, run alone in-process on CPU."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self._sessions: dict[tuple[int, str], ort.InferenceSession] = {}
+
+    def _run(self, version: int, graph: str, feed: np.ndarray) -> list[np.ndarray]:
+        key = (version, graph)
+        if key not in self._sessions:
+            path = self.repo / "vae" / str(version) / f"{graph}.onnx"
+            self._sessions[key] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = ["mean", "log_var"] if graph == "encoder" else ["x_hat"]
+        return list(self._sessions[key].run(names, {"x" if graph == "encoder" else "z": feed}))
+
+    def expected(self, method: str, version: int, x: np.ndarray, seed: int) -> list[np.ndarray]:
+        if method == "Encode":
+            return self._run(version, "encoder", x)
+        if method == "Decode":
+            return self._run(version, "decoder", x)
+        if method == "Sample":
+            return self._run(version, "decoder", prior_latents(len(x), 8, seed, 1.0))
+        return self._run(version, "decoder", self._run(version, "encoder", x)[0])
+
+
+@dataclass
+class Load:
+    """CLIENTS concurrent callers mixing all four methods until stopped; every answer kept."""
+
+    stub: vae_pb2_grpc.VaeServiceStub
+    images: np.ndarray
+    latents: np.ndarray
+    answers: list[tuple[str, int, int, list[np.ndarray], int, int]] = field(default_factory=list)
+    """(method, first input, rows, outputs, seed, version) of every OK answer."""
+    failures: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _one(self, method: str, i: int) -> None:
+        n = 1 + i % 3
+        if method == "Encode":
+            r = await self.stub.Encode(vae_pb2.EncodeRequest(images=to_tensor(self.images[i:i + n])))
+            outputs, seed = [to_array(r.mean), to_array(r.log_var)], 0
+        elif method == "Decode":
+            r = await self.stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(self.latents[i:i + n])))
+            outputs, seed = [to_array(r.images)], 0
+        elif method == "Sample":
+            r = await self.stub.Sample(vae_pb2.SampleRequest(count=n, seed=100 + i))
+            outputs, seed = [to_array(r.images)], int(r.seed)
+        else:
+            r = await self.stub.Denoise(vae_pb2.DenoiseRequest(images=to_tensor(self.images[i:i + n])))
+            outputs, seed = [to_array(r.images)], 0
+        self.answers.append((method, i, n, outputs, seed, r.version))
+
+    async def _client(self, k: int) -> None:
+        methods = ("Encode", "Decode", "Sample", "Denoise")
+        calls = 0
+        while not self.stop.is_set():
+            method, i = methods[(k + calls) % 4], (k * 7 + calls) % 20
+            calls += 1
+            try:
+                await self._one(method, i)
+            except grpc.aio.AioRpcError as err:
+                self.failures.append(f"{method}: {err.code().name} {err.details()}")
+
+    async def run_until(self, done: Callable[[], Awaitable[None]]) -> None:
+        clients = [asyncio.ensure_future(self._client(k)) for k in range(CLIENTS)]
+        try:
+            await done()
+        finally:
+            self.stop.set()
+            await asyncio.gather(*clients)
+
+
+def _inputs() -> tuple[np.ndarray, np.ndarray]:
+    from training.data import load_digits
+
+    latents = np.random.default_rng(9).standard_normal((24, 8)).astype(np.float32)
+    return np.ascontiguousarray(load_digits().test[:24]), latents
+
+
+async def _wait_for_version(stub: vae_pb2_grpc.VaeServiceStub, version: int, timeout_s: float = 60
+                            ) -> None:
+    async with asyncio.timeout(timeout_s):
+        while (await stub.GetModelInfo(vae_pb2.GetModelInfoRequest())).version != version:
+            await asyncio.sleep(POLL_S)
+
+
+def _check_answers(load: Load, repo: Path) -> set[int]:
+    reference, seen = Reference(repo), set()
+    for method, i, n, outputs, seed, version in load.answers:
+        x = load.latents[i:i + n] if method == "Decode" else load.images[i:i + n]
+        expected = reference.expected(method, version, x, seed)
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(outputs, expected, strict=True)), (
+            f"{method} item {i} differs from version {version} run alone")
+        seen.add(version)
+    return seen
+
+
+async def test_three_new_versions_and_a_tampered_one_under_load(
+        start_server: StartServer, live_repo: Path, variant_runs: list[Path]) -> None:
+    running = await start_server(model_repo=live_repo, poll_interval_s=POLL_S)
+    images, latents = _inputs()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        load = Load(stub, images, latents)
+
+        async def publish_all() -> None:
+            for version, run in enumerate(variant_runs, start=2):
+                await asyncio.to_thread(publish, run, live_repo, version)
+                await _wait_for_version(stub, version)
+                await asyncio.sleep(0.3)
+            await asyncio.to_thread(publish, variant_runs[0], live_repo, 5, True)
+            await asyncio.sleep(20 * POLL_S)
+
+        await load.run_until(publish_all)
+        info = await stub.GetModelInfo(vae_pb2.GetModelInfoRequest())
+    assert load.failures == []
+    assert info.version == 4 and running.metrics.model_loads.labels("refused")._value.get() == 1
+    assert _check_answers(load, live_repo) == {1, 2, 3, 4}
+    denoised = [Reference(live_repo).expected("Denoise", v, images[:1], 0)[0] for v in (1, 2, 3, 4)]
+    assert len({d.tobytes() for d in denoised}) == 4  # versions differ, so mixing would show
+
+
+async def test_a_pinned_version_ignores_new_folders(start_server: StartServer, live_repo: Path,
+                                                    variant_runs: list[Path]) -> None:
+    running = await start_server(model_repo=live_repo, poll_interval_s=POLL_S, model_version=1)
+    await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
+    await running.watcher.rescan()
+    shutil.rmtree(live_repo / "vae" / "1")
+    await running.watcher.rescan()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        answer = await stub.Sample(vae_pb2.SampleRequest(count=2, seed=1))
+    assert answer.version == 1 and running.metrics.model_loads.labels("loaded")._value.get() == 0
+
+
+def _rss_kib() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+RSS_MARGIN_KIB = 4 * 1024
+"""Measured: 20 swaps of the digits model grow the RSS by about 0.6 MiB after the first swap;
+keeping every retired version alive instead (sessions never freed) grows it by 11 MiB."""
+
+
+async def test_sessions_are_freed_after_20_swaps(start_server: StartServer, live_repo: Path,
+                                                 variant_runs: list[Path]) -> None:
+    running = await start_server(model_repo=live_repo, poll_interval_s=0)
+    await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
+    await running.watcher.rescan()
+    hidden = live_repo / "vae" / "hidden-2"
+    after_first = 0
+    for swap in range(20):
+        if swap % 2:
+            hidden.rename(live_repo / "vae" / "2")
+        else:
+            (live_repo / "vae" / "2").rename(hidden)
+        await running.watcher.rescan()
+        assert running.plane.current.number == (2 if swap % 2 else 1)
+        await asyncio.sleep(0.05)  # let the retired version's close task run
+        after_first = after_first or _rss_kib()
+    assert running.metrics.model_loads.labels("loaded")._value.get() == 21
+    grown_kib = _rss_kib() - after_first
+    print(f"RSS after 20 swaps: {grown_kib} KiB more than after the first")
+    assert grown_kib < RSS_MARGIN_KIB
+
+
+async def test_sigterm_during_a_swap_drains_and_exits_0(live_repo: Path, variant_runs: list[Path]
+                                                         ) -> None:
+    port = _free_port()
+    env = {**os.environ, "VAE_SERVE_MODEL_REPO": str(live_repo), "VAE_SERVE_PORT": str(port),
+           "VAE_SERVE_METRICS_PORT": "-1", "VAE_SERVE_MAX_QUEUE_DELAY_US": "500000",
+           "VAE_SERVE_GRACE_S": "5", "VAE_SERVE_POLL_INTERVAL_S": "0"}
+    staged = await asyncio.to_thread(publish, variant_runs[0], live_repo.parent / "later", 2)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", env=env,
+                                                cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = vae_pb2_grpc.VaeServiceStub(channel)
+        await stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), wait_for_ready=True, timeout=60)
+        in_flight = [asyncio.ensure_future(stub.Sample(vae_pb2.SampleRequest(count=2, seed=s)))
+                     for s in range(1, 9)]
+        await asyncio.sleep(0.2)
+        staged.rename(live_repo / "vae" / "2")
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        done = await asyncio.gather(*in_flight)
+    assert [r.seed for r in done] == list(range(1, 9))
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
