@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml constraints.txt
 	  echo "$(VENV) is incomplete (its python cannot run pip): removing it and creating it again"; \
 	  rm -rf $(VENV); \
 	fi
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: $(PYTHON) not found; pass an interpreter of Python 3.11-3.13, e.g. make PYTHON=python3.12"; exit 1; }
 	@if [ ! -e $(VENV) ]; then \
 	  echo "creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
 	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \

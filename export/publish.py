@@ -92,7 +92,7 @@ def publish(run_path: Path, repo: Path, model_name: str, version: int | None = N
     _require_same_signature(repo, model_name, run)
     chosen = _choose_version(repo, model_name, version)
     work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=model_folder))
-    steps = tqdm(total=4, desc=f"{model_name} v{chosen}", unit="step", leave=False)
+    steps = tqdm(total=4, desc=f"{model_name} v{chosen}", unit="step", leave=False, disable=None)
     try:
         steps.set_postfix_str("export")
         encoder, decoder = export_graphs(run.model, work, opset)

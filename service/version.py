@@ -58,6 +58,9 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
     """Read and verify a version folder, create its sessions, check them, warm them up."""
     started = time.monotonic()
     manifest = read_manifest(folder)
+    if folder.name.isdigit() and int(folder.name) != manifest.version:
+        raise ManifestError(f"{folder / 'manifest.json'}: states version {manifest.version} but "
+                            f"lies in folder {folder.name}; publish versions with vae-export")
     verify_graphs(folder, manifest)
     runners = {graph: OrtRunner(folder / file, config.device, config.intra_op_threads,
                                 manifest.inputs[graph], manifest.outputs[graph])

@@ -31,7 +31,7 @@ def iwae_nll(
     """
     model.eval()
     values = []
-    for x in tqdm(images, desc=f"IWAE k={k}", unit="image", leave=False):
+    for x in tqdm(images, desc=f"IWAE k={k}", unit="image", leave=False, disable=None):
         x = x.unsqueeze(0)
         mean, log_var = model.encode(x)
         log_weights = []

@@ -53,7 +53,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, float]] = []
     config.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    epochs = tqdm(range(config.epochs), desc="training", unit="epoch")
+    epochs = tqdm(range(config.epochs), desc="training", unit="epoch", disable=None)
     for epoch in epochs:
         train_loss = train_epoch(
             model, loader, optimizer, device, epoch=epoch,

@@ -48,7 +48,7 @@ def train_epoch(
     model.train()
     total, seen = 0.0, 0
     steps = len(loader)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=None)
     for step, (images,) in enumerate(bar):
         inputs, targets = prepare_batch(images.to(device), binarize, noise, generator)
         logits, mean, log_var = model(inputs, generator)

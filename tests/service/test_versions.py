@@ -255,3 +255,13 @@ async def test_sigterm_during_a_swap_drains_and_exits_0(live_repo: Path, variant
         done = await asyncio.gather(*in_flight)
     assert [r.seed for r in done] == list(range(1, 9))
     assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_a_copied_folder_whose_manifest_names_another_version_is_refused(
+        start_server: StartServer, live_repo: Path) -> None:
+    running = await start_server(model_repo=live_repo, poll_interval_s=0)
+    shutil.copytree(live_repo / "vae" / "1", live_repo / "vae" / "7")
+    await running.watcher.rescan()
+    await running.watcher.rescan()  # not retried while its files are unchanged
+    assert running.plane.current.number == 1
+    assert running.metrics.model_loads.labels("refused")._value.get() == 1
