@@ -72,7 +72,7 @@ serve: $(STAMP)  ## serve REPO/MODEL on 127.0.0.1:50051 (trains and exports digi
 	fi
 	$(BIN)/vae-serve --model-repo $(REPO) --model-name $(MODEL)
 
-proto: $(STAMP)  ## regenerate service/vae/v1 from proto/ (a test fails when they are stale)
+proto: $(STAMP)  ## regenerate service/vae/v1 and service/inference from proto/ (a test fails when stale)
 	$(BIN)/python -m service.proto_gen
 
 lint: $(STAMP)  ## ruff and mypy

@@ -16,6 +16,7 @@ import numpy as np
 
 from service.batcher import BatchObserver
 from service.config import ServerConfig
+from service.errors import NotFound
 from service.metrics import GraphObserver, Metrics
 from service.validation import check_batch, check_sample
 from service.version import LoadedGraphs, ModelVersion
@@ -45,7 +46,10 @@ class Sampled:
 
 
 class DataPlane:
-    """Owns the current version; encode, decode, sample and denoise on validated ndarrays."""
+    """Owns the current version; encode, decode, sample and denoise on validated ndarrays.
+
+    `field` names the input in error messages, in the words of the calling front.
+    """
 
     def __init__(self, config: ServerConfig, metrics: Metrics, graphs: LoadedGraphs) -> None:
         self.config = config
@@ -71,8 +75,13 @@ class DataPlane:
         if old.leases == 0:
             self._close_later(old)
 
-    def _lease(self) -> ModelVersion:
+    def _lease(self, want_version: int) -> ModelVersion:
+        """The current version, held until released; `want_version` 0 takes whichever it is."""
         version = self.current
+        if want_version and want_version != version.number:
+            raise NotFound(f"version {want_version} of {version.manifest.model_name!r} is not "
+                           f"loaded; version {version.number} is (leave the version empty for "
+                           "the current one, or load another first)")
         version.leases += 1
         return version
 
@@ -91,37 +100,40 @@ class DataPlane:
         await version.close()
         logger.info("closed %s; its sessions are freed", version.label)
 
-    async def encode(self, images: np.ndarray, deadline_s: float | None) -> Encoded:
-        version = self._lease()
+    async def encode(self, images: np.ndarray, deadline_s: float | None, field: str = "images",
+                     want_version: int = 0) -> Encoded:
+        version = self._lease(want_version)
         try:
-            check_batch(images, "images", version.manifest.image_shape, unit_range=True)
+            check_batch(images, field, version.manifest.image_shape, unit_range=True)
             mean, log_var = await version.encode(images, deadline_s)
             return Encoded(mean, log_var, version.number)
         finally:
             self._release(version)
 
-    async def decode(self, latents: np.ndarray, deadline_s: float | None) -> Images:
-        version = self._lease()
+    async def decode(self, latents: np.ndarray, deadline_s: float | None, field: str = "latents",
+                     want_version: int = 0) -> Images:
+        version = self._lease(want_version)
         try:
-            check_batch(latents, "latents", (version.manifest.latent_dim,), unit_range=False)
+            check_batch(latents, field, (version.manifest.latent_dim,), unit_range=False)
             return Images(await version.decode(latents, deadline_s), version.number)
         finally:
             self._release(version)
 
-    async def sample(self, count: int, seed: int, temperature: float, deadline_s: float | None
-                     ) -> Sampled:
+    async def sample(self, count: int, seed: int, temperature: float, deadline_s: float | None,
+                     want_version: int = 0) -> Sampled:
         temperature = check_sample(count, temperature, self.config.max_sample_count)
-        version = self._lease()
+        version = self._lease(want_version)
         try:
             images, latents, seed = await version.sample(count, seed, temperature, deadline_s)
             return Sampled(images, latents, seed, version.number)
         finally:
             self._release(version)
 
-    async def denoise(self, images: np.ndarray, deadline_s: float | None) -> Images:
-        version = self._lease()
+    async def denoise(self, images: np.ndarray, deadline_s: float | None, field: str = "images",
+                      want_version: int = 0) -> Images:
+        version = self._lease(want_version)
         try:
-            check_batch(images, "images", version.manifest.image_shape, unit_range=True)
+            check_batch(images, field, version.manifest.image_shape, unit_range=True)
             return Images(await version.denoise(images, deadline_s), version.number)
         finally:
             self._release(version)

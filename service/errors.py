@@ -1,4 +1,4 @@
-"""Plain exceptions the core raises; only servicer.py maps them to gRPC status codes."""
+"""Plain exceptions the core raises; only service/status.py maps them to gRPC status codes."""
 
 
 class ServiceError(Exception):
@@ -19,3 +19,11 @@ class DeadlineExpired(ServiceError):
 
 class ModelUnavailable(ServiceError):
     """No model is loaded, or the server is draining."""
+
+
+class NotFound(ServiceError):
+    """The request names a model or version this server does not have."""
+
+
+class FailedPrecondition(ServiceError):
+    """The request cannot be done in the server's present state (e.g. unloading the only model)."""

@@ -17,15 +17,18 @@ from prometheus_client import CollectorRegistry
 
 from service.config import ServerConfig
 from service.dataplane import DataPlane
+from service.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.metrics import Metrics, serve_metrics
 from service.repository import resolve_version
 from service.servicer import VaeServicer
+from service.v2_servicer import InferenceServicer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from service.version import load_graphs
 from service.watcher import VersionWatcher
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
+V2_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -86,10 +89,13 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                ("grpc.max_send_message_length", config.max_message_bytes),
                ("grpc.so_reuseport", 0)]
     server = grpc.aio.server(options=options)
+    watcher = VersionWatcher(plane, config, metrics)
     vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(plane), server)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(plane, watcher), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflected = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+    reflected = (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflection(reflected),
                                                                server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -99,11 +105,10 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     if config.metrics_port >= 0:
         metrics_http = serve_metrics(config.metrics_port, config.host, registry)
         metrics_port = int(metrics_http.server_port)
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("serving %s on %s:%d (metrics :%d) with %s", plane.current.label, config.host,
                 port, metrics_port, plane.current.provider)
-    watcher = VersionWatcher(plane, config, metrics)
     watching = asyncio.get_running_loop().create_task(watcher.run(), name="version-watcher")
     return RunningServer(server, port, metrics_port, health, plane, watcher, watching, metrics,
                          metrics_http)

@@ -14,7 +14,14 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from service.errors import DeadlineExpired, InvalidInput, ModelUnavailable, QueueFull
+from service.errors import (
+    DeadlineExpired,
+    FailedPrecondition,
+    InvalidInput,
+    ModelUnavailable,
+    NotFound,
+    QueueFull,
+)
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -23,6 +30,8 @@ STATUS_OF = {
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 """Exception class -> gRPC status; anything else is INTERNAL and logged with its traceback."""
 

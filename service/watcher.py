@@ -15,6 +15,7 @@ from pathlib import Path
 
 from service.config import ServerConfig
 from service.dataplane import DataPlane
+from service.errors import FailedPrecondition, NotFound
 from service.metrics import Metrics
 from service.repository import GRAPH_FILES, MANIFEST, published_versions
 from service.version import load_graphs
@@ -43,7 +44,9 @@ class VersionWatcher:
         self.config = config
         self._loaded = metrics.model_loads.labels("loaded")
         self._refused_total = metrics.model_loads.labels("refused")
-        self._refused: dict[int, Fingerprint] = {}
+        self.pinned = config.model_version
+        """0 = follow the newest version; N = serve version N (the flag, or a load request)."""
+        self._refused: dict[int, tuple[Fingerprint, str]] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._missing_warned = False
@@ -61,29 +64,47 @@ class VersionWatcher:
             await self.rescan()
 
     async def rescan(self) -> None:
-        """Switch to the highest good version on disk; with a pinned version, only watch it."""
+        """Switch to the highest good version on disk; with a pinned version, only to that one."""
         async with self._lock:
             current = self.plane.current
             repo, name = self.config.model_repo, self.config.model_name
-            if not self.config.model_version:
+            if self.pinned and self.pinned != current.number:
+                await self._try(repo / name / str(self.pinned), self.pinned)
+            elif not self.pinned:
                 for number in reversed(published_versions(repo, name)):
-                    if number == current.number:
+                    if number == current.number or await self._try(repo / name / str(number), number):
                         break
-                    if await self._try(repo / name / str(number), number):
-                        return
-            self._warn_if_gone(current.folder)
+            self._warn_if_gone(self.plane.current.folder)
+
+    async def load(self, version: int) -> None:
+        """Serve `version` from now on (0: the newest); raises if it is missing or refused."""
+        repo, name = self.config.model_repo, self.config.model_name
+        if version and version not in published_versions(repo, name):
+            raise NotFound(f"model {name!r} has no version {version} in the repository; "
+                           f"published: {published_versions(repo, name)}")
+        self.pinned = version
+        self._refused.pop(version, None)  # an explicit request tries again
+        await self.rescan()
+        if version and self.plane.current.number != version:
+            raise FailedPrecondition(f"version {version} was refused: {self.refusal(version)}; "
+                                     f"still serving version {self.plane.current.number}")
+
+    def refusal(self, version: int) -> str:
+        """Why a version was refused, or "" when it was not."""
+        return self._refused[version][1] if version in self._refused else ""
 
     async def _try(self, folder: Path, number: int) -> bool:
         marks = fingerprint(folder)
-        if self._refused.get(number) == marks:
+        if number in self._refused and self._refused[number][0] == marks:
             return False
         try:
             graphs = await asyncio.to_thread(load_graphs, folder, self.config)
         except Exception as err:  # any failure refuses the candidate; serving goes on
-            self._refused[number] = marks
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self._refused[number] = (marks, reason)
             self._refused_total.inc()
-            logger.warning("refused %s: %s; still serving %s", folder,
-                           str(err).splitlines()[0], self.plane.current.label)
+            logger.warning("refused %s: %s; still serving %s", folder, reason,
+                           self.plane.current.label)
             return False
         self._loaded.inc()
         self.plane.switch(graphs)

@@ -131,11 +131,13 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(model_repo: Path) 
 def test_generated_modules_match_the_proto(tmp_path: Path) -> None:
     from service.proto_gen import GENERATED, generate
 
-    generate(tmp_path)
+    written = generate(tmp_path)
+    assert {path.relative_to(tmp_path).as_posix() for path in written} == set(GENERATED)
+    assert {"vae/v1/vae.binpb", "inference/inference.binpb"} <= set(GENERATED)
     for name in GENERATED:
-        fresh = (tmp_path / "vae" / "v1" / name).read_bytes()
-        assert fresh == (ROOT / "service" / "vae" / "v1" / name).read_bytes(), (
-            f"service/vae/v1/{name} is stale: run make proto")
+        fresh = (tmp_path / name).read_bytes()
+        assert fresh == (ROOT / "service" / name).read_bytes(), (
+            f"service/{name} is stale: run make proto")
 
 
 @pytest.mark.gpu

@@ -1,0 +1,200 @@
+"""inference.GRPCInferenceService (KServe v2 / Open Inference Protocol): a thin adapter.
+
+v2 requests in, the same data plane and batchers as vae.v1, v2 responses out. Models and
+wire decoding are in service/v2_models.py; errors and metrics in service/status.py.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any, TypeAlias
+
+import grpc
+import numpy as np
+
+from service.dataplane import DataPlane
+from service.errors import FailedPrecondition, NotFound
+from service.inference import grpc_service_pb2 as pb
+from service.inference import grpc_service_pb2_grpc as pb_grpc
+from service.inference import model_config_pb2 as mc
+from service.repository import published_versions
+from service.status import RequestMetrics, deadline_s, rpc
+from service.v2_models import (
+    V2Model,
+    decode_inputs,
+    find_model,
+    parse_version,
+    requested_version,
+    scalar,
+    select_outputs,
+    v2_models,
+)
+from service.watcher import VersionWatcher
+
+SERVER_NAME = "vae-serve"
+EXTENSIONS = ("model_repository", "model_configuration", "schedule_policy")
+"""What this server implements beyond the core protocol (as ServerMetadata lists it)."""
+METHODS = tuple(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name)
+Context: TypeAlias = grpc.aio.ServicerContext
+CONFIG_TYPE = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "UINT64": mc.TYPE_UINT64}
+
+
+def _rows(response: Any) -> int:
+    return int(response.outputs[0].shape[0]) if response.outputs and response.outputs[0].shape else 0
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """One method per RPC; RPCs not listed here answer UNIMPLEMENTED (grpc's default)."""
+
+    def __init__(self, plane: DataPlane, watcher: VersionWatcher) -> None:
+        self.plane = plane
+        self.watcher = watcher
+        self.request_metrics = RequestMetrics(plane.metrics, METHODS)
+
+    @property
+    def models(self) -> dict[str, V2Model]:
+        return v2_models(self.plane.current.manifest)
+
+    @rpc("ServerLive", items=lambda r: 0)
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @rpc("ServerReady", items=lambda r: 0)
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context
+                          ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=True)
+
+    @rpc("ModelReady", items=lambda r: 0)
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context
+                         ) -> pb.ModelReadyResponse:
+        find_model(self.models, request.name)
+        version = parse_version(request.version)
+        return pb.ModelReadyResponse(ready=version in (0, self.plane.current.number))
+
+    @rpc("ServerMetadata", items=lambda r: 0)
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context
+                             ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=metadata.version("vae-serve"),
+                                         extensions=EXTENSIONS)
+
+    @rpc("ModelMetadata", items=lambda r: 0)
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context
+                            ) -> pb.ModelMetadataResponse:
+        model = find_model(self.models, request.name)
+        self._check_loaded(parse_version(request.version))
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=model.name, versions=[str(self.plane.current.number)], platform=SERVER_NAME,
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.inputs],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in model.outputs])
+
+    @rpc("ModelConfig", items=lambda r: 0)
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context
+                          ) -> pb.ModelConfigResponse:
+        model = find_model(self.models, request.name)
+        self._check_loaded(parse_version(request.version))
+        c = self.plane.config
+        skip = 1 if model.batched else 0  # with batching, dims leave out the batch axis
+        config = mc.ModelConfig(
+            name=model.name, platform=SERVER_NAME, backend=SERVER_NAME,
+            max_batch_size=c.max_batch_size if model.batched else 0,
+            input=[mc.ModelInput(name=s.name, data_type=CONFIG_TYPE[s.datatype], dims=s.shape[skip:],
+                                 optional=s.optional) for s in model.inputs],
+            output=[mc.ModelOutput(name=s.name, data_type=CONFIG_TYPE[s.datatype],
+                                   dims=s.shape[skip:]) for s in model.outputs],
+            instance_group=[mc.ModelInstanceGroup(count=c.instances)],
+            model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False))
+        if model.batched:
+            config.dynamic_batching.max_queue_delay_microseconds = c.max_queue_delay_us
+        return pb.ModelConfigResponse(config=config)
+
+    @rpc("ModelInfer", items=_rows)
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context
+                         ) -> pb.ModelInferResponse:
+        model = find_model(self.models, request.model_name)
+        outputs = select_outputs(model, [o.name for o in request.outputs])
+        arrays = decode_inputs(model, request.inputs, request.raw_input_contents)
+        results, version = await self._run(model, arrays, parse_version(request.model_version),
+                                           deadline_s(context))
+        response = pb.ModelInferResponse(model_name=model.name, model_version=str(version),
+                                         id=request.id)
+        for spec in outputs:
+            value = results[spec.name]
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=value.shape)
+            response.raw_output_contents.append(value.tobytes())
+        return response
+
+    async def _run(self, model: V2Model, arrays: dict[str, np.ndarray], want: int,
+                   deadline: float | None) -> tuple[dict[str, np.ndarray], int]:
+        plane = self.plane
+        if model.operation == "encoder":
+            encoded = await plane.encode(arrays["x"], deadline, "x", want)
+            return {"mean": encoded.mean, "log_var": encoded.log_var}, encoded.version
+        if model.operation == "decoder":
+            decoded = await plane.decode(arrays["z"], deadline, "z", want)
+            return {"x_hat": decoded.images}, decoded.version
+        if model.operation == "denoise":
+            denoised = await plane.denoise(arrays["x"], deadline, "x", want)
+            return {"x_hat": denoised.images}, denoised.version
+        sampled = await plane.sample(int(scalar(arrays, "count", 0)), int(scalar(arrays, "seed", 0)),
+                                     float(scalar(arrays, "temperature", 0.0)), deadline, want)
+        return {"x_hat": sampled.images, "z": sampled.latents,
+                "seed": np.array([sampled.seed], np.uint64)}, sampled.version
+
+    @rpc("RepositoryIndex", items=lambda r: 0)
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context
+                              ) -> pb.RepositoryIndexResponse:
+        c, current = self.plane.config, self.plane.current.number
+        on_disk = published_versions(c.model_repo, c.model_name)
+        index = pb.RepositoryIndexResponse()
+        for name in self.models:
+            for version in sorted({*on_disk, current}):
+                ready = version == current
+                if request.ready and not ready:
+                    continue
+                reason = "" if ready else (self.watcher.refusal(version) or
+                                           f"not loaded; version {current} serves")
+                index.models.add(name=name, version=str(version),
+                                 state="READY" if ready else "UNAVAILABLE", reason=reason)
+        return index
+
+    @rpc("RepositoryModelLoad", items=lambda r: 0)
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Context
+                                  ) -> pb.RepositoryModelLoadResponse:
+        self._check_repository_name(request.model_name)
+        await self.watcher.load(requested_version(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc("RepositoryModelUnload", items=lambda r: 0)
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                                    context: Context) -> pb.RepositoryModelUnloadResponse:
+        self._check_repository_name(request.model_name)
+        raise FailedPrecondition(
+            f"{request.model_name} is the only model this server serves; unloading it would leave "
+            "nothing to serve. Load another version instead (RepositoryModelLoad with parameter "
+            "'version'), or stop the server")
+
+    def _check_repository_name(self, name: str) -> None:
+        """Load and unload take the repository model (vae) or any of its v2 model names."""
+        if name != self.plane.config.model_name:
+            find_model(self.models, name)
+
+    def _check_loaded(self, version: int) -> None:
+        if version and version != self.plane.current.number:
+            raise NotFound(f"version {version} is not loaded; version "
+                           f"{self.plane.current.number} is")
+
+
+def _unimplemented(method: str) -> Any:
+    async def answer(self: InferenceServicer, request: Any, context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            f"vae-serve does not implement {method}; it implements "
+                            f"{', '.join(IMPLEMENTED)}")
+
+    return answer
+
+
+IMPLEMENTED = tuple(m for m in METHODS if m in vars(InferenceServicer))
+for _method in METHODS:
+    if _method not in IMPLEMENTED:
+        setattr(InferenceServicer, _method, _unimplemented(_method))
