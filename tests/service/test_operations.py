@@ -60,7 +60,7 @@ async def test_metrics_show_exactly_the_traffic_sent(start_server) -> None:
 
 async def test_health_serves_overall_and_per_service(channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    for name in ("", "vae.v1.VaeService"):
+    for name in ("", "vae.v1.VaeService", "inference.GRPCInferenceService"):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -76,8 +76,9 @@ async def _reflect(channel, **query) -> reflection_pb2.ServerReflectionResponse:
 async def test_reflection_lists_services_and_resolves_method_symbols(channel) -> None:
     listed = await _reflect(channel, list_services="")
     names = {s.name for s in listed.list_services_response.service}
-    assert {"vae.v1.VaeService", "grpc.health.v1.Health"} <= names
-    for symbol in ("vae.v1.VaeService.Sample", "vae.v1.VaeService", "vae.v1.SampleRequest"):
+    assert {"vae.v1.VaeService", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+    for symbol in ("vae.v1.VaeService.Sample", "vae.v1.VaeService", "vae.v1.SampleRequest",
+                   "inference.GRPCInferenceService.ModelInfer", "inference.ModelConfig"):
         found = await _reflect(channel, file_containing_symbol=symbol)
         assert found.HasField("file_descriptor_response"), symbol
     missing = await _reflect(channel, file_containing_symbol="vae.v1.VaeService.Nope")

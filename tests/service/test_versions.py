@@ -265,3 +265,25 @@ async def test_a_copied_folder_whose_manifest_names_another_version_is_refused(
     await running.watcher.rescan()  # not retried while its files are unchanged
     assert running.plane.current.number == 1
     assert running.metrics.model_loads.labels("refused")._value.get() == 1
+
+
+async def test_v2_repository_load_pins_a_version_and_an_empty_load_follows_the_newest(
+        start_server: StartServer, live_repo: Path, variant_runs: list[Path]) -> None:
+    from service.inference import grpc_service_pb2 as pb
+    from service.inference import grpc_service_pb2_grpc as pb_grpc
+
+    running = await start_server(model_repo=live_repo, poll_interval_s=POLL_S)
+    await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        v1, v2 = vae_pb2_grpc.VaeServiceStub(channel), pb_grpc.GRPCInferenceServiceStub(channel)
+        await _wait_for_version(v1, 2)
+        one = pb.ModelRepositoryParameter(int64_param=1)
+        await v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="vae",
+                                                                   parameters={"version": one}))
+        await asyncio.sleep(5 * POLL_S)  # polling must not move away from the loaded version
+        pinned = (await v1.GetModelInfo(vae_pb2.GetModelInfoRequest())).version
+        await v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="vae.decoder"))
+        index = await v2.RepositoryIndex(pb.RepositoryIndexRequest())
+    assert pinned == 1 and running.plane.current.number == 2
+    states = {(m.name, m.version): m.state for m in index.models}
+    assert states[("vae.decoder", "2")] == "READY" and states[("vae.decoder", "1")] == "UNAVAILABLE"
