@@ -18,7 +18,7 @@ from service.batcher import BatchObserver
 from service.config import ServerConfig
 from service.errors import NotFound
 from service.metrics import GraphObserver, Metrics
-from service.validation import check_batch, check_sample
+from service.validation import check_batch, check_finite_outputs, check_sample
 from service.version import LoadedGraphs, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class DataPlane:
         try:
             check_batch(images, field, version.manifest.image_shape, unit_range=True)
             mean, log_var = await version.encode(images, deadline_s)
+            check_finite_outputs(field, (mean, log_var))
             return Encoded(mean, log_var, version.number)
         finally:
             self._release(version)
@@ -115,7 +116,9 @@ class DataPlane:
         version = self._lease(want_version)
         try:
             check_batch(latents, field, (version.manifest.latent_dim,), unit_range=False)
-            return Images(await version.decode(latents, deadline_s), version.number)
+            images = await version.decode(latents, deadline_s)
+            check_finite_outputs(field, (images,))
+            return Images(images, version.number)
         finally:
             self._release(version)
 
@@ -125,6 +128,7 @@ class DataPlane:
         version = self._lease(want_version)
         try:
             images, latents, seed = await version.sample(count, seed, temperature, deadline_s)
+            check_finite_outputs("temperature", (images, latents))
             return Sampled(images, latents, seed, version.number)
         finally:
             self._release(version)
@@ -134,7 +138,9 @@ class DataPlane:
         version = self._lease(want_version)
         try:
             check_batch(images, field, version.manifest.image_shape, unit_range=True)
-            return Images(await version.denoise(images, deadline_s), version.number)
+            denoised = await version.denoise(images, deadline_s)
+            check_finite_outputs(field, (denoised,))
+            return Images(denoised, version.number)
         finally:
             self._release(version)
 

@@ -34,13 +34,28 @@ def check_batch(array: np.ndarray, field: str, item_shape: tuple[int, ...], unit
     return array
 
 
+MAX_TEMPERATURE = 10.0
+"""Prior draws scaled further lie far outside anything the model was trained on."""
+
+
 def check_sample(count: int, temperature: float, max_count: int) -> float:
     """Validate Sample's scalars; returns the temperature with 0 (unset) meaning 1."""
     if not 1 <= count <= max_count:
         raise InvalidInput(f"count: {count} is out of range; ask for 1..{max_count} samples")
     if temperature == 0:
         return 1.0
-    if not math.isfinite(temperature) or temperature < 0:
-        raise InvalidInput(f"temperature: {temperature} is invalid; use a finite value > 0 "
-                           "(1 = the prior)")
+    if not math.isfinite(temperature) or not 0 < temperature <= MAX_TEMPERATURE:
+        raise InvalidInput(f"temperature: {temperature} is invalid; use a value in (0, "
+                           f"{MAX_TEMPERATURE:g}] (1 = the prior)")
     return temperature
+
+
+def check_finite_outputs(field: str, outputs: tuple[np.ndarray, ...]) -> None:
+    """No answer is OK with NaN or Inf: finite inputs can still overflow inside a graph."""
+    for output in outputs:
+        finite = np.isfinite(output)
+        if not finite.all():
+            item = int(np.argmin(finite.reshape(len(output), -1).all(axis=1)))
+            raise InvalidInput(f"{field}: item {item} gives non-finite results; its values are "
+                               "too large for the model (latents near the prior, N(0, 1), and "
+                               "images in [0, 1] work)")

@@ -73,6 +73,8 @@ BAD_REQUESTS = [
     ("Sample", vae_pb2.SampleRequest(count=2000), "ask for 1..1024"),
     ("Sample", vae_pb2.SampleRequest(count=1, temperature=-1), "temperature: -1.0 is invalid"),
     ("Sample", vae_pb2.SampleRequest(count=1, temperature=math.nan), "temperature: nan"),
+    ("Sample", vae_pb2.SampleRequest(count=64, seed=77, temperature=1.5e38), "use a value in (0, 10]"),
+    ("Decode", vae_pb2.DecodeRequest(latents=tensor((1, 8), 3e38)), "latents: item 0 gives non-finite"),
     ("Denoise", vae_pb2.DenoiseRequest(images=tensor((1, 1, 8, 8), -0.1)), "outside [0, 1]"),
 ]
 
