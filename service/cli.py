@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from service.errors import ServiceError
-        from service.repository import IntegrityError, ManifestError
+        from service.repository import GraphError, IntegrityError, ManifestError
         from service.server import serve
     except ImportError as err:
         print(f"vae-serve: error: the server needs {err.name}, which this install lacks; "
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(config))
-    except (ServiceError, ManifestError, IntegrityError, OSError) as err:
+    except (ServiceError, ManifestError, IntegrityError, GraphError, OSError) as err:
         print(f"vae-serve: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,10 @@ class ManifestError(ValueError):
 
 class IntegrityError(ValueError):
     """A graph whose bytes do not match the sha256 its manifest records."""
+
+
+class GraphError(ValueError):
+    """A graph that ONNX Runtime cannot load, or whose tensors disagree with the manifest."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,11 @@ class Manifest:
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ManifestError(f"{source}: schema_version is {data.get('schema_version')!r}, "
                                 f"this reader understands {SCHEMA_VERSION}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ManifestError(f"{source}: unknown key {unknown[0]!r} for schema_version "
+                                f"{SCHEMA_VERSION}; a manifest with new keys needs a new "
+                                "schema_version (and a server that reads it)")
         expected: dict[str, type | tuple[type, ...]] = {
             "model_name": str, "version": int, "image_shape": list, "latent_dim": int,
             "arch": str, "opset": int, "sha256": dict, "parity": dict, "versions": dict,
@@ -104,8 +113,8 @@ def read_manifest(version_dir: Path) -> Manifest:
         data = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise ManifestError(f"{path}: no manifest; is {version_dir} a published version?") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise ManifestError(f"{path}: not readable JSON ({err})") from err
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ManifestError(f"{path}: not readable UTF-8 JSON ({err})") from err
     return Manifest.from_dict(data, str(path))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import ModelUnavailable
+from service.repository import GraphError
 
 logger = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
@@ -50,7 +51,12 @@ class OrtRunner:
         # (measured: Encode at concurrency 64 went from 1350 to 2227 requests/s without it).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(device)
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # ONNX Runtime's errors share no public base class
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise GraphError(f"{path}: ONNX Runtime cannot load this graph ({reason}); "
+                             "re-export it with vae-export") from err
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
             raise ModelUnavailable(f"--device cuda: CUDA could not be initialised for {path.name} "

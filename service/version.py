@@ -19,6 +19,7 @@ from service.batcher import BatchObserver, DynamicBatcher
 from service.config import ServerConfig
 from service.repository import (
     GRAPH_FILES,
+    GraphError,
     Manifest,
     ManifestError,
     read_manifest,
@@ -42,16 +43,16 @@ class LoadedGraphs:
     decoder: OrtRunner
 
 
-def _check_signature(graph: str, found: Signature, expected: dict[str, tuple[int, ...]]) -> None:
+def _check_signature(path: Path, found: Signature, expected: dict[str, tuple[int, ...]]) -> None:
     """Names, ranks and fixed dimensions as the manifest states; axis 0 must be dynamic."""
     if set(found) != set(expected):
-        raise ManifestError(f"{graph}.onnx has tensors {sorted(found)}; the manifest states "
-                            f"{sorted(expected)}")
+        raise GraphError(f"{path} has tensors {sorted(found)}; the manifest states "
+                         f"{sorted(expected)}: re-export the version with vae-export")
     for name, tail in expected.items():
         dims = found[name]
         if len(dims) != len(tail) + 1 or isinstance(dims[0], int) or list(dims[1:]) != list(tail):
-            raise ManifestError(f"{graph}.onnx: {name} has dimensions {dims}; the manifest "
-                                f"states [batch, {', '.join(map(str, tail))}]")
+            raise GraphError(f"{path}: {name} has dimensions {dims}; the manifest states "
+                             f"[batch, {', '.join(map(str, tail))}]: re-export the version")
 
 
 def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
@@ -73,8 +74,8 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
                 "decoder": ({manifest.inputs["decoder"]: latent},
                             dict.fromkeys(manifest.outputs["decoder"], image))}
     for graph, (inputs, outputs) in contract.items():
-        _check_signature(graph, runners[graph].inputs, inputs)
-        _check_signature(graph, runners[graph].outputs, outputs)
+        _check_signature(folder / GRAPH_FILES[graph], runners[graph].inputs, inputs)
+        _check_signature(folder / GRAPH_FILES[graph], runners[graph].outputs, outputs)
     for n in sorted({*WARMUP_BATCH_SIZES, config.max_batch_size}):
         runners["encoder"].run(np.zeros((n, *image), np.float32))
         runners["decoder"].run(np.zeros((n, *latent), np.float32))

@@ -1,0 +1,98 @@
+"""Every bad model repository stops the server with one line naming the file, and exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.repository import sha256_file
+from tests.conftest import ROOT
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _rewrite_hashes(folder: Path) -> None:
+    """Make the manifest match the (broken) graphs, so only the graph check can catch them."""
+    data = _manifest(folder)
+    data["sha256"] = {name: sha256_file(folder / name) for name in data["sha256"]}
+    (folder / "manifest.json").write_text(json.dumps(data))
+
+
+def _unknown_key(folder: Path) -> None:
+    (folder / "manifest.json").write_text(json.dumps({**_manifest(folder), "colour": "blue"}))
+
+
+def _not_utf8(folder: Path) -> None:
+    (folder / "manifest.json").write_bytes(b'{"model_name": "\xff\xfe"}')
+
+
+def _graph_bytes(content: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def breaker(folder: Path) -> None:
+        graph = folder / "decoder.onnx"
+        graph.write_bytes(content(graph.read_bytes()))
+        _rewrite_hashes(folder)
+    return breaker
+
+
+def _swapped(folder: Path) -> None:
+    encoder, decoder = (folder / "encoder.onnx").read_bytes(), (folder / "decoder.onnx").read_bytes()
+    (folder / "encoder.onnx").write_bytes(decoder)
+    (folder / "decoder.onnx").write_bytes(encoder)
+    _rewrite_hashes(folder)
+
+
+def _decoder_of_latent_5(folder: Path) -> None:
+    """A real decoder graph z [N, 5] -> x_hat [N, 1, 8, 8]; encoder and manifest say latent 8."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.zeros((5, 64), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["z", "w"], ["h"]), helper.make_node("Sigmoid", ["h"], ["p"]),
+         helper.make_node("Reshape", ["p", "shape"], ["x_hat"])], "decoder",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 5])],
+        [helper.make_tensor_value_info("x_hat", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [weights, shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+              folder / "decoder.onnx")
+    _rewrite_hashes(folder)
+
+
+UNLOADABLE = "decoder.onnx: ONNX Runtime cannot load"
+CASES = {
+    "unknown manifest key": (_unknown_key, "manifest.json: unknown key 'colour'"),
+    "manifest not UTF-8": (_not_utf8, "manifest.json: not readable UTF-8 JSON"),
+    "graph not ONNX": (_graph_bytes(lambda b: b"this is not onnx" * 10), UNLOADABLE),
+    "empty graph": (_graph_bytes(lambda b: b""), UNLOADABLE),
+    "truncated graph": (_graph_bytes(lambda b: b[: len(b) // 2]), UNLOADABLE),
+    "graphs swapped": (_swapped, "encoder.onnx has tensors ['z']"),
+    "decoder of another latent size": (_decoder_of_latent_5,
+                                       "decoder.onnx: z has dimensions ['batch', 5]"),
+}
+
+
+def _serve(repo: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", "--model-repo", str(repo),
+                           "--port", "0", "--metrics-port", "-1"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_repository_is_one_line_and_exit_2(model_repo: Path, tmp_path: Path, case: str) -> None:
+    breaker, message = CASES[case]
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo / "vae", repo / "vae")
+    breaker(repo / "vae" / "1")
+    done = _serve(repo)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr and str(repo / "vae" / "1") in done.stderr
