@@ -158,3 +158,32 @@ def _client_round_trip(port: int) -> None:
 
 async def test_blocking_client_round_trip(server: RunningServer) -> None:
     await asyncio.to_thread(_client_round_trip, server.port)  # the server shares this loop
+
+
+async def test_outputs_are_fetched_by_name_not_position(model_repo, tmp_path, start_server,
+                                                        stub) -> None:
+    import json
+    import shutil
+
+    import onnx
+
+    from service.repository import sha256_file
+
+    repo = tmp_path / "models"
+    folder = shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")
+    graph = onnx.load(folder / "encoder.onnx")
+    outputs = list(graph.graph.output)
+    del graph.graph.output[:]
+    graph.graph.output.extend(reversed(outputs))  # log_var first, then mean
+    onnx.save(graph, folder / "encoder.onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"]["encoder.onnx"] = sha256_file(folder / "encoder.onnx")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    swapped = await start_server(model_repo=repo)
+    images = vae_pb2.EncodeRequest(images=tensor((2, 1, 8, 8), 0.3))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{swapped.port}") as channel:
+        answer = await vae_pb2_grpc.VaeServiceStub(channel).Encode(images)
+    original = await stub.Encode(images)
+    assert [o.name for o in onnx.load(folder / "encoder.onnx").graph.output] == ["log_var", "mean"]
+    assert answer.mean.data == original.mean.data and answer.log_var.data == original.log_var.data
+    assert answer.mean.data != answer.log_var.data
