@@ -20,20 +20,49 @@ from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 LB_POLICIES = ("pick_first", "round_robin")
+RETRY_POLICY = {"maxAttempts": 4, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]}
+"""gRPC retries every VaeService call (all idempotent) on a draining pod or a full queue."""
+SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name}],
+    "retryPolicy": RETRY_POLICY}]})
+
+
+def channel_credentials(ca_file: Path | None, cert_file: Path | None = None,
+                        key_file: Path | None = None) -> grpc.ChannelCredentials | None:
+    """TLS trusting ca_file, with a client certificate for mutual TLS; None = plaintext."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("--tls-cert-file and --tls-key-file go together: set both or neither")
+    if ca_file is None:
+        if cert_file is not None:
+            raise ValueError("a client certificate needs --tls-ca-file (the server's CA)")
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_file.read_bytes(),
+        private_key=None if key_file is None else key_file.read_bytes(),
+        certificate_chain=None if cert_file is None else cert_file.read_bytes())
 
 
 class VaeClient:
     """Blocking client. For several replicas use target dns:///HOST:PORT with round_robin."""
 
     def __init__(self, target: str = DEFAULT_TARGET, *, lb_policy: str | None = None,
-                 timeout_s: float = 30.0, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 timeout_s: float = 30.0, max_message_bytes: int = 64 * 1024 * 1024,
+                 tls_ca_file: Path | None = None, tls_cert_file: Path | None = None,
+                 tls_key_file: Path | None = None) -> None:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", SERVICE_CONFIG),
         ]
         if lb_policy:
             options.append(("grpc.lb_policy_name", lb_policy))
-        self.channel = grpc.insecure_channel(target, options=options)
+        credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = vae_pb2_grpc.VaeServiceStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -168,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lb-policy", choices=LB_POLICIES,
                    help="client-side balancing (round_robin with a headless Service)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    p.add_argument("--tls-ca-file", type=Path, metavar="PATH",
+                   help="PEM CA that signed the server's certificate: TLS (unset: plaintext)")
+    p.add_argument("--tls-cert-file", type=Path, metavar="PATH",
+                   help="PEM client certificate, for a server that requires mutual TLS")
+    p.add_argument("--tls-key-file", type=Path, metavar="PATH",
+                   help="PEM private key of --tls-cert-file")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
@@ -211,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         if "local" in args:
             args.local(args)
             return 0
-        with VaeClient(args.target, lb_policy=args.lb_policy, timeout_s=args.timeout) as client:
+        with VaeClient(args.target, lb_policy=args.lb_policy, timeout_s=args.timeout,
+                       tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
+                       tls_key_file=args.tls_key_file) as client:
             args.func(client, args)
     except grpc.RpcError as err:
         code = err.code()

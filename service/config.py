@@ -102,6 +102,24 @@ class ServerConfig:
                              "the server stops", parse_float, "S")
     log_level: str = setting("INFO", "logging level", parse_choice(LOG_LEVELS, upper=True))
 
+    # Transport security (docs/serving.md, "Transport security"). The files are re-read when
+    # they change on disk; the metrics port stays plaintext.
+    tls_cert_file: Path | None = setting(None, "PEM certificate chain for TLS on --port; with "
+                                         "--tls-key-file", parse_optional_path, "PATH")
+    tls_key_file: Path | None = setting(None, "PEM private key (unencrypted) of --tls-cert-file",
+                                        parse_optional_path, "PATH")
+    tls_client_ca_file: Path | None = setting(None, "PEM CA certificates: mutual TLS, clients "
+                                              "must present a certificate signed by one",
+                                              parse_optional_path, "PATH")
+    health_port: int = setting(50052, "plaintext port serving only grpc.health.v1.Health, for "
+                               "Kubernetes probes, while TLS is on; 0 picks a free port, -1 "
+                               "turns it off; unused without TLS", parse_int, "PORT")
+
+    @property
+    def tls(self) -> bool:
+        """TLS on --port (the checks below make the key come with the certificate)."""
+        return self.tls_cert_file is not None
+
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue_rows", "instances", "max_message_bytes",
                     "max_sample_count")
@@ -114,6 +132,23 @@ class ServerConfig:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("--port and --metrics-port must be within 0..65535")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """Which TLS settings go together; the files themselves are read by service/tls.py."""
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(f"{_flag('tls_cert_file')} and {_flag('tls_key_file')} go "
+                              "together: set both or neither")
+        if self.tls_client_ca_file is not None and not self.tls:
+            raise ConfigError(f"{_flag('tls_client_ca_file')} needs {_flag_only('tls_cert_file')} "
+                              f"and {_flag_only('tls_key_file')}: mutual TLS is TLS with client "
+                              "certificates")
+        if not -1 <= self.health_port <= 65535:
+            raise ConfigError(f"{_flag('health_port')} must be within -1..65535, got "
+                              f"{self.health_port}")
+        if self.tls and self.port != 0 and self.health_port == self.port:
+            raise ConfigError(f"{_flag('health_port')} must differ from --port ({self.port}): "
+                              "the health port is plaintext")
 
     @classmethod
     def from_args(
@@ -165,8 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices = {"device": DEVICES, "log_level": LOG_LEVELS}.get(f.name)
         metavar = "{" + ",".join(choices) + "}" if choices else meta["metavar"]
         parser.add_argument(_flag_only(f.name), dest=f.name, default=None, metavar=metavar,
-                            help=f"{meta['help']} (default: {f.default}; env {env_name(f.name)})")
+                            help=f"{meta['help']} (default: {_shown(f.default)}; env "
+                            f"{env_name(f.name)})")
     return parser
+
+
+def _shown(default: Any) -> Any:
+    """What --help prints as a default: "unset" for an optional path."""
+    return "unset" if default is None else default
 
 
 _FIELDS = {f.name: f for f in fields(ServerConfig)}

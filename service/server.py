@@ -1,4 +1,4 @@
-"""Build and run the grpc.aio server: VaeService, health, reflection, metrics, graceful drain."""
+"""Build and run the grpc.aio server: VaeService, health, reflection, metrics, TLS, graceful drain."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from service.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.metrics import Metrics, serve_metrics
 from service.repository import resolve_version
 from service.servicer import VaeServicer
+from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from service.version import load_graphs
@@ -66,12 +67,17 @@ class RunningServer:
     watching: asyncio.Task[None]
     metrics: Metrics
     metrics_http: WSGIServer | None
+    health_server: grpc.aio.Server | None = None
+    health_port: int = -1
+    """The plaintext health-only port beside a TLS --port; -1 when there is none."""
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING at once, new RPCs refused, in-flight ones get grace_s to finish."""
         self.watching.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.health_server is not None:  # probes saw NOT_SERVING until now
+            await self.health_server.stop(0)
         await self.plane.close()
         if self.metrics_http is not None:
             self.metrics_http.shutdown()
@@ -83,6 +89,10 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     """Load and warm the model, then start serving; health is SERVING when this returns."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
+    credentials = None
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
+                                         config.tls_client_ca_file)
     folder = resolve_version(config.model_repo, config.model_name, config.model_version)
     plane = DataPlane(config, metrics, await asyncio.to_thread(load_graphs, folder, config))
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
@@ -98,8 +108,15 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     reflected = (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflection(reflected),
                                                                server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     await server.start()
+    health_server, health_port = None, -1
+    if credentials is not None and config.health_port >= 0:
+        health_server, health_port = await _serve_health_only(health, config, options)
     metrics_http = None
     metrics_port = -1
     if config.metrics_port >= 0:
@@ -109,9 +126,24 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("serving %s on %s:%d (metrics :%d) with %s", plane.current.label, config.host,
                 port, metrics_port, plane.current.provider)
+    if credentials is not None:
+        logger.info("TLS on :%d (%s); plaintext health-only port: %s", port,
+                    "mutual: client certificates required" if config.tls_client_ca_file
+                    else "server certificate only", health_port if health_port >= 0 else "off")
     watching = asyncio.get_running_loop().create_task(watcher.run(), name="version-watcher")
     return RunningServer(server, port, metrics_port, health, plane, watcher, watching, metrics,
-                         metrics_http)
+                         metrics_http, health_server, health_port)
+
+
+async def _serve_health_only(health: HealthServicer, config: ServerConfig,
+                             options: list[tuple[str, int]]) -> tuple[grpc.aio.Server, int]:
+    """A second, plaintext server with the same HealthServicer and nothing else: kubelet's gRPC
+    probes speak neither TLS nor client certificates. Every other service is UNIMPLEMENTED."""
+    server = grpc.aio.server(options=options)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port(f"{config.host}:{config.health_port}")
+    await server.start()
+    return server, port
 
 
 async def serve(config: ServerConfig) -> None:

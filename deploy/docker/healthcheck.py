@@ -16,7 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def main(argv: list[str] | None = None) -> int:
-    port = os.environ.get("VAE_SERVE_PORT", "50051")
+    # With TLS on, the gRPC port wants a certificate; the plaintext health-only port does not.
+    tls = bool(os.environ.get("VAE_SERVE_TLS_CERT_FILE"))
+    port = (os.environ.get("VAE_SERVE_HEALTH_PORT", "50052") if tls
+            else os.environ.get("VAE_SERVE_PORT", "50051"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default=f"127.0.0.1:{port}", help="host:port of the gRPC server")
     parser.add_argument("--service", default="vae.v1.VaeService", help='service name; "" = overall')

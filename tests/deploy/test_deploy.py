@@ -28,7 +28,7 @@ DEPLOY = ROOT / "deploy"
 DOCKERFILES = (DEPLOY / "docker" / "Dockerfile", DEPLOY / "docker" / "Dockerfile.model")
 CHECKOV_CONFIG = DEPLOY / "k8s" / ".checkov.yaml"
 DASHBOARD = DEPLOY / "grafana" / "vae-serve.json"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu", "tls")
 # The oldest Kubernetes the manifests support (the preStop `sleep` action is 1.30) and the
 # newest that kubernetes-validate knows.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
@@ -191,15 +191,19 @@ def test_agreement(rendered: dict[str, tuple[Path, list[Obj]]], overlay: str) ->
     defaults = ServerConfig()
     config = server_config(objects)  # the ConfigMap's values are valid for the server
 
-    # Ports: named grpc/metrics, the server's defaults, and what the ConfigMap sets.
+    # Ports: named grpc/metrics (and health with TLS), the server's defaults, and what the
+    # ConfigMap sets.
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
-    assert ports == {"grpc": defaults.port, "metrics": defaults.metrics_port}
+    health = {"health": defaults.health_port} if config.tls else {}
+    assert ports == {"grpc": defaults.port, "metrics": defaults.metrics_port, **health}
+    assert config.health_port == defaults.health_port
     assert (config.port, config.metrics_port) == (defaults.port, defaults.metrics_port)
     assert config.host == "0.0.0.0" and str(config.model_repo) == "/models"
 
-    # Native gRPC probes on the gRPC port; readiness asks for the VaeService.
+    # Native gRPC probes on the gRPC port (with TLS, the plaintext health-only port); readiness
+    # asks for the VaeService.
     probes = {kind: server[kind]["grpc"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert all(p["port"] == defaults.port for p in probes.values())
+    assert all(p["port"] == (config.health_port if config.tls else defaults.port) for p in probes.values())
     assert probes["readinessProbe"]["service"] == READINESS_SERVICE
     assert probes["startupProbe"].get("service", "") in ("", READINESS_SERVICE)
     assert probes["livenessProbe"].get("service", "") in ("", READINESS_SERVICE)
@@ -221,6 +225,14 @@ def test_agreement(rendered: dict[str, tuple[Path, list[Obj]]], overlay: str) ->
     assert [m["mountPath"] for m in init["volumeMounts"] if m["name"] == "models"] == ["/models"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["models"] and "emptyDir" in volumes["tmp"]
+
+    # TLS: the ConfigMap's paths lie in the read-only Secret mount (no subPath: it never updates).
+    if config.tls:
+        folder = Path(mounts["tls"]["mountPath"])
+        assert mounts["tls"]["readOnly"] and "subPath" not in mounts["tls"]
+        assert {config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file} == {
+            folder / "tls.crt", folder / "tls.key", folder / "ca.crt"}
+        assert volumes["tls"]["secret"]["secretName"] == "vae-serve-tls"
 
     # Hardening, pod and containers.
     assert pod["automountServiceAccountToken"] is False
