@@ -95,8 +95,9 @@ class ServerConfig:
                              parse_int, "N")
     intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads per session; 0 = ONNX "
                                     "Runtime's default (all cores)", parse_int, "N")
-    max_message_bytes: int = setting(64 * 1024 * 1024, "largest gRPC message received or sent, "
-                                     "bytes", parse_int, "BYTES")
+    max_message_bytes: int = setting(0, "largest gRPC message received or sent, bytes; 0 = "
+                                     "derived from the model and the queue settings (see "
+                                     "docs/serving.md)", parse_int, "BYTES")
     max_sample_count: int = setting(1024, "largest Sample.count accepted", parse_int, "N")
     grace_s: float = setting(10.0, "seconds in-flight requests get to finish after SIGTERM before "
                              "the server stops", parse_float, "S")
@@ -121,13 +122,12 @@ class ServerConfig:
         return self.tls_cert_file is not None
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_queue_rows", "instances", "max_message_bytes",
-                    "max_sample_count")
+        positive = ("max_batch_size", "max_queue_rows", "instances", "max_sample_count")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("model_version", "max_queue_delay_us", "intra_op_threads", "grace_s",
-                     "poll_interval_s"):
+                     "max_message_bytes", "poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
+import socket
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -19,7 +21,7 @@ from service.config import ServerConfig
 from service.dataplane import DataPlane
 from service.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.metrics import Metrics, serve_metrics
-from service.repository import resolve_version
+from service.repository import Manifest, resolve_version
 from service.servicer import VaeServicer
 from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
@@ -93,10 +95,14 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     if config.tls_cert_file is not None and config.tls_key_file is not None:
         credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
                                          config.tls_client_ca_file)
+    require_free_port(config.host, config.port, "--port")
+    if config.tls and config.health_port > 0:
+        require_free_port(config.host, config.health_port, "--health-port")
     folder = resolve_version(config.model_repo, config.model_name, config.model_version)
     plane = DataPlane(config, metrics, await asyncio.to_thread(load_graphs, folder, config))
-    options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes),
+    limit = config.max_message_bytes or message_limit_bytes(plane.current.manifest, config)
+    options = [("grpc.max_receive_message_length", limit),
+               ("grpc.max_send_message_length", limit),
                ("grpc.so_reuseport", 0)]
     server = grpc.aio.server(options=options)
     watcher = VersionWatcher(plane, config, metrics)
@@ -133,6 +139,34 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     watching = asyncio.get_running_loop().create_task(watcher.run(), name="version-watcher")
     return RunningServer(server, port, metrics_port, health, plane, watcher, watching, metrics,
                          metrics_http, health_server, health_port)
+
+
+MESSAGE_HEADROOM_BYTES = 64 * 1024
+"""Room for protobuf framing, names and metadata around the tensor bytes."""
+
+
+def message_limit_bytes(manifest: Manifest, config: ServerConfig) -> int:
+    """The largest message an admissible call needs: a request of max_queue_rows rows (larger
+    ones are refused anyway), or a Sample answer of max_sample_count images and latents."""
+    image = math.prod(manifest.image_shape)
+    largest_request = config.max_queue_rows * 4 * max(image, manifest.latent_dim)
+    largest_sample = config.max_sample_count * 4 * (image + manifest.latent_dim)
+    return max(largest_request, largest_sample) + MESSAGE_HEADROOM_BYTES
+
+
+def require_free_port(host: str, port: int, flag: str) -> None:
+    """Fail in one line before the model loads, not after, when another process holds the port."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(f"{flag} {port}: {host}:{port} is in use or not bindable "
+                          f"({err.strerror}); stop the other server or pick another port "
+                          "(0 = any free port)") from None
 
 
 async def _serve_health_only(health: HealthServicer, config: ServerConfig,
