@@ -10,9 +10,13 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from service.errors import (
     DeadlineExpired,
@@ -34,6 +38,41 @@ STATUS_OF = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 """Exception class -> gRPC status; anything else is INTERNAL and logged with its traceback."""
+
+
+@dataclass(frozen=True)
+class Unparseable:
+    """A request body that is not the method's message; the rpc decorator answers it."""
+
+    type_name: str
+    reason: str
+
+
+def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Message | Unparseable]:
+    """grpc's own parse failure is an ERROR with a traceback and UNKNOWN for the client."""
+    def parse(data: bytes) -> Message | Unparseable:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as err:
+            return Unparseable(message_class.DESCRIPTOR.full_name, str(err).split(": ")[-1])
+    return parse
+
+
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Register every method of `service` on `servicer`, parsing bodies with _tolerant_parser."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        make = (grpc.stream_stream_rpc_method_handler
+                if method.client_streaming or method.server_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = make(getattr(servicer, method.name),
+                                     request_deserializer=_tolerant_parser(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
+                                                                          handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 class RequestMetrics:
@@ -74,6 +113,9 @@ def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]
             started = time.monotonic()
             code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
             try:
+                if isinstance(request, Unparseable):
+                    raise InvalidInput(f"the request body is not a valid {request.type_name} "
+                                       f"({request.reason}); send the message the method takes")
                 response = await handler(self, request, context)
                 metrics.items_of[method].inc(items(response))
                 code = grpc.StatusCode.OK

@@ -187,3 +187,15 @@ async def test_outputs_are_fetched_by_name_not_position(model_repo, tmp_path, st
     assert [o.name for o in onnx.load(folder / "encoder.onnx").graph.output] == ["log_var", "mean"]
     assert answer.mean.data == original.mean.data and answer.log_var.data == original.log_var.data
     assert answer.mean.data != answer.log_var.data
+
+
+async def test_an_unparseable_body_is_invalid_argument_counted_and_not_logged(
+        server, channel, caplog) -> None:
+    for method in ("/vae.v1.VaeService/Decode", "/inference.GRPCInferenceService/ModelInfer"):
+        call = channel.unary_unary(method)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"\xff\xff\xff\xff not protobuf")
+        assert caught.value.code() == BAD and "request body is not a valid" in caught.value.details()
+    counted = server.metrics.registry.get_sample_value(
+        "vae_requests_total", {"method": "Decode", "code": "INVALID_ARGUMENT"})
+    assert counted == 1 and not [r for r in caplog.records if r.levelname == "ERROR"]
