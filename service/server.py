@@ -19,13 +19,14 @@ from prometheus_client import CollectorRegistry
 
 from service.config import ServerConfig
 from service.dataplane import DataPlane
-from service.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from service.inference import grpc_service_pb2
 from service.metrics import Metrics, serve_metrics
 from service.repository import Manifest, resolve_version
 from service.servicer import VaeServicer
+from service.status import add_service
 from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
-from service.vae.v1 import vae_pb2, vae_pb2_grpc
+from service.vae.v1 import vae_pb2
 from service.version import load_graphs
 from service.watcher import VersionWatcher
 
@@ -106,9 +107,9 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                ("grpc.so_reuseport", 0)]
     server = grpc.aio.server(options=options)
     watcher = VersionWatcher(plane, config, metrics)
-    vae_pb2_grpc.add_VaeServiceServicer_to_server(VaeServicer(plane), server)
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, watcher), server)
+    add_service(server, VaeServicer(plane), vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
+    add_service(server, InferenceServicer(plane, watcher),
+                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflected = (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
