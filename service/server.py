@@ -7,6 +7,7 @@ import logging
 import math
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -23,7 +24,7 @@ from service.inference import grpc_service_pb2
 from service.metrics import Metrics, serve_metrics
 from service.repository import Manifest, resolve_version
 from service.servicer import VaeServicer
-from service.status import add_service
+from service.status import Admission, add_service
 from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
 from service.vae.v1 import vae_pb2
@@ -70,6 +71,7 @@ class RunningServer:
     watching: asyncio.Task[None]
     metrics: Metrics
     metrics_http: WSGIServer | None
+    admission: Admission
     health_server: grpc.aio.Server | None = None
     health_port: int = -1
     """The plaintext health-only port beside a TLS --port; -1 when there is none."""
@@ -77,8 +79,10 @@ class RunningServer:
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING at once, new RPCs refused, in-flight ones get grace_s to finish."""
         self.watching.cancel()
+        stop_by_s = time.monotonic() + grace_s
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        await self.admission.drain(grace_s)
+        await self.server.stop(max(0.0, stop_by_s - time.monotonic()))
         if self.health_server is not None:  # probes saw NOT_SERVING until now
             await self.health_server.stop(0)
         await self.plane.close()
@@ -102,10 +106,18 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     folder = resolve_version(config.model_repo, config.model_name, config.model_version)
     plane = DataPlane(config, metrics, await asyncio.to_thread(load_graphs, folder, config))
     limit = config.max_message_bytes or message_limit_bytes(plane.current.manifest, config)
+    max_calls = max_admitted_calls(config)
     options = [("grpc.max_receive_message_length", limit),
                ("grpc.max_send_message_length", limit),
-               ("grpc.so_reuseport", 0)]
-    server = grpc.aio.server(options=options)
+               ("grpc.so_reuseport", 0),
+               # Overload (docs/serving.md): grpc's backlog of calls not yet handed to us
+               # sheds them with a bare, uncounted CANCELLED; it must hold every call we
+               # would admit plus a burst the event loop has not reached yet.
+               ("grpc.server.max_pending_requests", max_calls + BACKLOG_CALLS),
+               ("grpc.server.max_pending_requests_hard_limit", max_calls + BACKLOG_CALLS)]
+    admission = Admission(metrics, max_calls)
+    server = grpc.aio.server(options=options, interceptors=[admission],
+                             maximum_concurrent_rpcs=2 * max_calls + CONTROL_CALLS)
     watcher = VersionWatcher(plane, config, metrics)
     add_service(server, VaeServicer(plane), vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
     add_service(server, InferenceServicer(plane, watcher),
@@ -139,9 +151,14 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                     else "server certificate only", health_port if health_port >= 0 else "off")
     watching = asyncio.get_running_loop().create_task(watcher.run(), name="version-watcher")
     return RunningServer(server, port, metrics_port, health, plane, watcher, watching, metrics,
-                         metrics_http, health_server, health_port)
+                         metrics_http, admission, health_server, health_port)
 
 
+BACKLOG_CALLS = 16384
+"""Calls grpc may hold before our event loop takes them; each holds its metadata and at most
+one HTTP/2 stream window (64 KiB) of its request, so at most about 1 GiB."""
+CONTROL_CALLS = 256
+"""Health and reflection calls, never refused by Admission, within grpc's backstop limit."""
 MESSAGE_HEADROOM_BYTES = 64 * 1024
 """Room for protobuf framing, names and metadata around the tensor bytes."""
 
@@ -153,6 +170,12 @@ def message_limit_bytes(manifest: Manifest, config: ServerConfig) -> int:
     largest_request = config.max_queue_rows * 4 * max(image, manifest.latent_dim)
     largest_sample = config.max_sample_count * 4 * (image + manifest.latent_dim)
     return max(largest_request, largest_sample) + MESSAGE_HEADROOM_BYTES
+
+
+def max_admitted_calls(config: ServerConfig) -> int:
+    """Calls the two graphs can hold at once (each holds a row, queued or running); the
+    server refuses more with RESOURCE_EXHAUSTED before reading further (docs/serving.md, Overload)."""
+    return 2 * (config.max_queue_rows + config.instances * config.max_batch_size)
 
 
 def require_free_port(host: str, port: int, flag: str) -> None:

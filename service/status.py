@@ -6,6 +6,7 @@ holds a `RequestMetrics` as `self.request_metrics`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -132,6 +133,82 @@ def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]
         return wrapper
 
     return decorate
+
+
+UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+"""Probes and tooling are never refused: a probe failing under load would restart a busy pod."""
+QUIET_S = 0.1
+"""Drain: no new call for this long means grpc holds no call we have not yet seen."""
+
+
+class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses, counted in vae_requests_total, the unary calls the server cannot take: beyond
+    max_calls in flight RESOURCE_EXHAUSTED, and every new one UNAVAILABLE while draining.
+
+    An interceptor, not grpc's maximum_concurrent_rpcs: grpc refuses those in core
+    ('Concurrent RPC limit exceeded!') after the interceptors ran and without calling the
+    handler, so nothing of ours could count them.
+    """
+
+    def __init__(self, metrics: Metrics, max_calls: int) -> None:
+        self.max_calls = max_calls
+        self.calls = 0
+        self.draining = False
+        self.last_arrival_s = time.monotonic()
+        self._requests = metrics.requests
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        self.last_arrival_s = time.monotonic()
+        handler = await continuation(details)
+        path: str = details.method
+        if handler is None or handler.unary_unary is None or path.startswith(UNLIMITED_PREFIXES):
+            return handler
+        wrapped = self._wrapped.get(path)
+        if wrapped is None:
+            wrapped = self._wrapped[path] = self._admit(handler, path.rpartition("/")[2])
+        return wrapped
+
+    def _admit(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        inner = handler.unary_unary
+
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.draining:
+                await self._refuse(context, method, grpc.StatusCode.UNAVAILABLE,
+                                   "the server is draining (SIGTERM); retry on another replica")
+            if self.calls >= self.max_calls:
+                await self._refuse(context, method, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"server busy: {self.calls} calls in flight, the most its queues "
+                                   "can hold (see max_queue_rows); retry with backoff")
+            self.calls += 1
+            try:
+                return await inner(request, context)
+            finally:
+                self.calls -= 1
+
+        return grpc.unary_unary_rpc_method_handler(
+            admitted, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
+                      code: grpc.StatusCode, message: str) -> None:
+        self._requests.labels(method, code.name).inc()
+        await context.abort(code, message)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new calls with UNAVAILABLE until those admitted are done and grpc has handed
+        over every call it queued (no arrival for QUIET_S), or timeout_s passed.
+
+        Only then may grpc's stop run: it cancels, with a bare CANCELLED, the calls it still
+        queues and those still running.
+        """
+        self.draining = True
+        give_up_s = time.monotonic() + timeout_s
+        while time.monotonic() < give_up_s:
+            if self.calls == 0 and time.monotonic() - self.last_arrival_s >= QUIET_S:
+                return
+            await asyncio.sleep(0.02)
 
 
 def deadline_s(context: grpc.aio.ServicerContext) -> float | None:

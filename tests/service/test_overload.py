@@ -1,0 +1,95 @@
+"""Calls the server cannot take are refused with a status and a message, and counted; none is
+dropped as a bare CANCELLED, neither under a burst nor at SIGTERM (docs/serving.md, Overload)."""
+
+import asyncio
+import collections
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.vae.v1 import vae_pb2, vae_pb2_grpc
+from tests.conftest import ROOT
+
+Outcome = tuple[str, str]
+
+
+async def _sample(stub: vae_pb2_grpc.VaeServiceStub, seed: int) -> Outcome:
+    try:
+        await stub.Sample(vae_pb2.SampleRequest(count=1, seed=seed), timeout=20)
+        return "OK", ""
+    except grpc.aio.AioRpcError as err:
+        return err.code().name, err.details() or ""
+
+
+def _channels(port: int, n: int) -> list[grpc.aio.Channel]:
+    """Separate connections, as separate clients would have."""
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                      options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(n)]
+
+
+async def test_a_burst_beyond_the_queue_is_refused_with_a_message_and_counted(start_server) -> None:
+    running = await start_server(max_queue_rows=64)
+    channels = _channels(running.port, 4)
+    stubs = [vae_pb2_grpc.VaeServiceStub(c) for c in channels]
+    outcomes = await asyncio.gather(*(_sample(stubs[i % 4], i + 1) for i in range(4000)))
+    for channel in channels:
+        await channel.close()
+    codes = collections.Counter(code for code, _ in outcomes)
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert all(message for code, message in outcomes if code != "OK")
+    counted = {code: running.metrics.registry.get_sample_value(
+        "vae_requests_total", {"method": "Sample", "code": code}) for code in codes}
+    assert counted == codes and sum(codes.values()) == 4000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _client(stub: vae_pb2_grpc.VaeServiceStub, seed: int, stopped: asyncio.Event
+                  ) -> list[Outcome]:
+    """Send one call after another until the server refuses one after SIGTERM."""
+    outcomes: list[Outcome] = []
+    while not (stopped.is_set() and outcomes and outcomes[-1][0] != "OK"):
+        outcomes.append(await _sample(stub, seed))
+        if len(outcomes) > 1000:
+            break
+    return outcomes
+
+
+async def test_sigterm_under_load_completes_or_refuses_every_call(model_repo: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "VAE_SERVE_MODEL_REPO": str(model_repo), "VAE_SERVE_PORT": str(port),
+           "VAE_SERVE_METRICS_PORT": "-1", "VAE_SERVE_GRACE_S": "5"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", env=env,
+                                                cwd=ROOT, stderr=asyncio.subprocess.DEVNULL)
+    channels = _channels(port, 8)
+    try:
+        health = health_pb2_grpc.HealthStub(channels[0])
+        await health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=60)
+        stubs = [vae_pb2_grpc.VaeServiceStub(c) for c in channels]
+        stopped = asyncio.Event()
+        clients = [asyncio.ensure_future(_client(stubs[i % 8], i + 1, stopped))
+                   for i in range(256)]
+        await asyncio.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        stopped.set()
+        outcomes = [o for client in await asyncio.gather(*clients) for o in client]
+    finally:
+        for channel in channels:
+            await channel.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 15)
+    codes = collections.Counter(code for code, _ in outcomes)
+    assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+    assert codes["OK"] > 256 and all(message for code, message in outcomes if code != "OK")
+    assert proc.returncode == 0
