@@ -124,6 +124,8 @@ def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]
             except Exception as err:
                 code, message = status_for(err)
             finally:
+                if code == grpc.StatusCode.CANCELLED and _deadline_passed(context):
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED  # grpc cancelled it at the deadline
                 metrics.inflight.dec()
                 metrics.seconds_of[method].observe(time.monotonic() - started)
                 metrics.requests.labels(method, code.name).inc()
@@ -209,6 +211,11 @@ class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if self.calls == 0 and time.monotonic() - self.last_arrival_s >= QUIET_S:
                 return
             await asyncio.sleep(0.02)
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def deadline_s(context: grpc.aio.ServicerContext) -> float | None:

@@ -199,3 +199,17 @@ async def test_an_unparseable_body_is_invalid_argument_counted_and_not_logged(
     counted = server.metrics.registry.get_sample_value(
         "vae_requests_total", {"method": "Decode", "code": "INVALID_ARGUMENT"})
     assert counted == 1 and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_calls_cut_at_their_deadline_count_as_deadline_exceeded(start_server) -> None:
+    running = await start_server(max_queue_delay_us=200_000)  # rows wait past the deadline
+    request = vae_pb2.DecodeRequest(latents=tensor((1, 8), 0.5))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        calls = [vae_pb2_grpc.VaeServiceStub(channel).Decode(request, timeout=0.02)
+                 for _ in range(10)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(0.3)
+    assert {o.code() for o in outcomes} == {grpc.StatusCode.DEADLINE_EXCEEDED}  # type: ignore[union-attr]
+    counted = running.metrics.registry.get_sample_value(
+        "vae_requests_total", {"method": "Decode", "code": "DEADLINE_EXCEEDED"})
+    assert counted == 10
