@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service import log_filter
+
+    log_filter.install()
     try:
         from service.errors import ServiceError
         from service.repository import GraphError, IntegrityError, ManifestError
