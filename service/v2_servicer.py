@@ -17,7 +17,7 @@ from service.errors import FailedPrecondition, NotFound
 from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
 from service.inference import model_config_pb2 as mc
-from service.repository import published_versions
+from service.repository import Manifest, published_versions
 from service.status import RequestMetrics, deadline_s, rpc
 from service.v2_models import (
     V2Model,
@@ -50,10 +50,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.plane = plane
         self.watcher = watcher
         self.request_metrics = RequestMetrics(plane.metrics, METHODS)
+        self._models_of: Manifest | None = None
+        self._models: dict[str, V2Model] = {}
 
     @property
     def models(self) -> dict[str, V2Model]:
-        return v2_models(self.plane.current.manifest)
+        """The v2 models of the current version, built once per version (not per request)."""
+        manifest = self.plane.current.manifest
+        if self._models_of is not manifest:
+            self._models_of, self._models = manifest, v2_models(manifest)
+        return self._models
 
     @rpc("ServerLive", items=lambda r: 0)
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
