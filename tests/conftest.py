@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -65,6 +69,24 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory, digits_run: Path,
 
 
 StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def spawn_server(repo: Path, stderr: int | None = asyncio.subprocess.DEVNULL,
+                       **settings: str) -> tuple[asyncio.subprocess.Process, int]:
+    """`python -m service.cli` on a free port, metrics off, with VAE_SERVE_* settings."""
+    port = free_port()
+    env = {**os.environ, "VAE_SERVE_MODEL_REPO": str(repo), "VAE_SERVE_PORT": str(port),
+           "VAE_SERVE_METRICS_PORT": "-1",
+           **{f"VAE_SERVE_{name.upper()}": value for name, value in settings.items()}}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", env=env,
+                                                   cwd=ROOT, stderr=stderr)
+    return process, port
 
 
 def server_config(repo: Path, **overrides: object) -> ServerConfig:

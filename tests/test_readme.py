@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ROOT, SHARED_DATA, SHARED_TOOLS
+from tests.conftest import ROOT, SHARED_DATA, SHARED_TOOLS, free_port
 
 README = (ROOT / "README.md").read_text()
 MNIST_SECTION = "## MNIST end to end"
@@ -58,18 +57,13 @@ def test_readme_commands_are_runnable_blocks() -> None:
     assert languages <= {"sh", "python", "text"} and "sh" in languages
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @dataclass
 class Walk:
     """A copy of the project and the environment its README commands run in."""
 
     folder: Path
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     serving: subprocess.Popen[bytes] | None = None
     log: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)
@@ -78,7 +72,7 @@ class Walk:
     def env(self) -> dict[str, str]:
         tools = f"{SHARED_TOOLS}{os.pathsep}" if SHARED_TOOLS.is_dir() else ""
         return {**os.environ, "VAE_SERVE_PORT": str(self.port),
-                "VAE_SERVE_METRICS_PORT": str(_free_port()),
+                "VAE_SERVE_METRICS_PORT": str(free_port()),
                 "VAE_CLIENT_TARGET": f"127.0.0.1:{self.port}",
                 "PATH": tools + os.environ["PATH"]}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -17,8 +16,7 @@ from service.repository import read_manifest
 from service.server import message_limit_bytes
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import ROOT, server_config
-from tests.service.test_operations import _free_port
+from tests.conftest import ROOT, server_config, spawn_server
 
 PEAK_RSS_LIMIT_KIB = 256 * 1024
 
@@ -60,11 +58,7 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 async def test_16_hostile_63_mib_messages_keep_memory_bounded(model_repo: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "VAE_SERVE_MODEL_REPO": str(model_repo), "VAE_SERVE_PORT": str(port),
-           "VAE_SERVE_METRICS_PORT": "-1", "VAE_SERVE_POLL_INTERVAL_S": "0"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", env=env,
-                                                cwd=ROOT, stderr=asyncio.subprocess.DEVNULL)
+    proc, port = await spawn_server(model_repo, poll_interval_s="0")
     hostile = vae_pb2.DecodeRequest(latents=vae_pb2.Tensor(shape=[1, 8], data=bytes(63 << 20)))
     try:
         options = [("grpc.max_send_message_length", -1)]

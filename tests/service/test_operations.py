@@ -1,10 +1,8 @@
 """What operators rely on: metrics, health, reflection, drain on SIGTERM, refusing bad graphs."""
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +20,7 @@ from service.repository import IntegrityError
 from service.server import build_server
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import ROOT, server_config
+from tests.conftest import ROOT, server_config, spawn_server
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -98,19 +96,10 @@ async def test_tampered_graph_is_refused_at_start(model_repo: Path, tmp_path: Pa
     assert cli.returncode == 2 and "does not match the manifest" in cli.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 async def test_sigterm_drains_in_flight_requests_then_exits_0(model_repo: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "VAE_SERVE_MODEL_REPO": str(model_repo), "VAE_SERVE_PORT": str(port),
-           "VAE_SERVE_METRICS_PORT": "-1", "VAE_SERVE_MAX_QUEUE_DELAY_US": "1000000",
-           "VAE_SERVE_GRACE_S": "5"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", env=env,
-                                                cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    proc, port = await spawn_server(model_repo, stderr=asyncio.subprocess.PIPE,
+                                    max_queue_delay_us="1000000", grace_s="5")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await channel.channel_ready()
         health = health_pb2_grpc.HealthStub(channel)

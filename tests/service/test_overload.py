@@ -3,17 +3,14 @@ dropped as a bare CANCELLED, neither under a burst nor at SIGTERM (docs/serving.
 
 import asyncio
 import collections
-import os
 import signal
-import socket
-import sys
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import ROOT
+from tests.conftest import spawn_server
 
 Outcome = tuple[str, str]
 
@@ -48,11 +45,6 @@ async def test_a_burst_beyond_the_queue_is_refused_with_a_message_and_counted(st
     assert counted == codes and sum(codes.values()) == 4000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 async def _client(stub: vae_pb2_grpc.VaeServiceStub, seed: int, stopped: asyncio.Event
                   ) -> list[Outcome]:
@@ -66,11 +58,7 @@ async def _client(stub: vae_pb2_grpc.VaeServiceStub, seed: int, stopped: asyncio
 
 
 async def test_sigterm_under_load_completes_or_refuses_every_call(model_repo: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "VAE_SERVE_MODEL_REPO": str(model_repo), "VAE_SERVE_PORT": str(port),
-           "VAE_SERVE_METRICS_PORT": "-1", "VAE_SERVE_GRACE_S": "5"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", env=env,
-                                                cwd=ROOT, stderr=asyncio.subprocess.DEVNULL)
+    proc, port = await spawn_server(model_repo, grace_s="5")
     channels = _channels(port, 8)
     try:
         health = health_pb2_grpc.HealthStub(channels[0])

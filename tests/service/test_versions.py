@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +17,7 @@ import pytest
 from service.tensors import to_array, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from service.version import prior_latents
-from tests.conftest import ROOT, StartServer
-from tests.service.test_operations import _free_port
+from tests.conftest import StartServer, spawn_server
 
 CLIENTS = 32
 POLL_S = 0.1
@@ -235,13 +232,9 @@ async def test_sessions_are_freed_after_20_swaps(start_server: StartServer, live
 
 async def test_sigterm_during_a_swap_drains_and_exits_0(live_repo: Path, variant_runs: list[Path]
                                                          ) -> None:
-    port = _free_port()
-    env = {**os.environ, "VAE_SERVE_MODEL_REPO": str(live_repo), "VAE_SERVE_PORT": str(port),
-           "VAE_SERVE_METRICS_PORT": "-1", "VAE_SERVE_MAX_QUEUE_DELAY_US": "500000",
-           "VAE_SERVE_GRACE_S": "5", "VAE_SERVE_POLL_INTERVAL_S": "0"}
     staged = await asyncio.to_thread(publish, variant_runs[0], live_repo.parent / "later", 2)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "service.cli", env=env,
-                                                cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    proc, port = await spawn_server(live_repo, stderr=asyncio.subprocess.PIPE,
+                                    max_queue_delay_us="500000", grace_s="5", poll_interval_s="0")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
         await stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), wait_for_ready=True, timeout=60)
