@@ -1,0 +1,68 @@
+"""Raw ONNX Runtime through the server's own OrtRunner: batch 1 and 64, with and without I/O binding.
+
+python -m bench.raw_runtime --repo models --model vae --device cuda --seconds 2
+
+The ceiling a serving benchmark compares against, on the device the server would use; the
+I/O-binding column is the path the server takes on CUDA. About 8 x --seconds. Prints a
+markdown table. On CPU it runs too (the binding then binds CPU memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from service.help_format import DefaultsHelpFormatter
+from service.repository import GRAPH_FILES, read_manifest, resolve_version
+from service.runtime import OrtRunner
+
+BATCH_SIZES = (1, 64)
+
+
+def items_per_s(runner: OrtRunner, batch: np.ndarray, seconds: float) -> float:
+    """Closed loop of runner.run on one batch for about `seconds`; items (rows) per second."""
+    runner.run(batch)  # warm-up: allocations, kernels, CUDA context
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        runner.run(batch)
+        calls += 1
+    return calls * len(batch) / (time.perf_counter() - started)
+
+
+def measure(repo: Path, model: str, device: str, seconds: float) -> str:
+    folder = resolve_version(repo, model, 0)
+    manifest = read_manifest(folder)
+    shapes = {"encoder": tuple(manifest.image_shape), "decoder": (manifest.latent_dim,)}
+    lines = [f"Raw ONNX Runtime items/s, {model} v{manifest.version}, --device {device}:", "",
+             "| graph | batch | plain run | I/O binding | provider |", "|---|---|---|---|---|"]
+    rng = np.random.default_rng(0)
+    for graph, file in GRAPH_FILES.items():
+        runners = {bound: OrtRunner(folder / file, device, 0, manifest.inputs[graph],
+                                    manifest.outputs[graph], io_binding=bound)
+                   for bound in (False, True)}
+        for n in BATCH_SIZES:
+            batch = rng.random((n, *shapes[graph]), dtype=np.float32)
+            plain, bound = (items_per_s(runners[b], batch, seconds) for b in (False, True))
+            lines.append(f"| {graph} | {n} | {plain:.0f} | {bound:.0f} | "
+                         f"{runners[True].provider} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.raw_runtime", description=__doc__,
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--repo", type=Path, default=Path("models"), help="model repository")
+    p.add_argument("--model", default="vae", help="model name; its newest version is used")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="execution provider")
+    p.add_argument("--seconds", type=float, default=2.0, help="length of each measurement")
+    args = p.parse_args(argv)
+    print(measure(args.repo, args.model, args.device, args.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
