@@ -17,6 +17,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.workers == 1:
+        return serve_process(config)
+    from service.ports import require_free_port
+    from service.workers import Supervisor, usable_cores
+
+    try:  # once here: the workers share the port, so they cannot tell it is taken
+        require_free_port(config.host, config.port, "--port")
+    except OSError as err:
+        print(f"vae-serve: error: {err}", file=sys.stderr)
+        return 2
+    return Supervisor(config, config.workers or usable_cores(), serve_process).run()
+
+
+def serve_process(config: ServerConfig) -> int:
+    """One server process until SIGTERM: 0, or 2 with one line for a bad setting or model."""
     from service import log_filter
 
     log_filter.install()

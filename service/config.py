@@ -53,6 +53,11 @@ def parse_float(text: str) -> float:
         raise ValueError("expected a number") from None
 
 
+def parse_workers(text: str) -> int:
+    """A count of processes, or auto (0: one per usable core)."""
+    return 0 if text.strip().lower() == "auto" else parse_int(text)
+
+
 def parse_choice(choices: Sequence[str], upper: bool = False) -> Parser:
     def parse(text: str) -> str:
         value = text.strip().upper() if upper else text.strip().lower()
@@ -99,6 +104,8 @@ class ServerConfig:
                                      "derived from the model and the queue settings (see "
                                      "docs/serving.md)", parse_int, "BYTES")
     max_sample_count: int = setting(1024, "largest Sample.count accepted", parse_int, "N")
+    workers: int = setting(1, "server processes sharing --port (SO_REUSEPORT), each with its own "
+                           "sessions; auto (0) = one per usable core", parse_workers, "N|auto")
     grace_s: float = setting(10.0, "seconds in-flight requests get to finish after SIGTERM before "
                              "the server stops", parse_float, "S")
     log_level: str = setting("INFO", "logging level", parse_choice(LOG_LEVELS, upper=True))
@@ -130,6 +137,11 @@ class ServerConfig:
                      "max_message_bytes", "poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"{_flag('workers')} must be auto or >= 1, got {self.workers}")
+        if self.workers != 1 and self.port == 0:
+            raise ConfigError(f"{_flag('workers')} needs a fixed --port: every worker binds the "
+                              "same one")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("--port and --metrics-port must be within 0..65535")
         self._check_tls()

@@ -25,7 +25,11 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Metrics:
-    """The service's metrics; labels are methods, graphs and status codes: all bounded sets."""
+    """The service's metrics; labels are methods, graphs and status codes: all bounded sets.
+
+    With --workers the gauges combine across processes as their multiprocess_mode says:
+    queue rows and in-flight calls are summed over live workers, model_info is the max.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -43,13 +47,14 @@ class Metrics:
         self.batch_rows = Histogram("vae_batch_rows", "Rows per executed batch", ["graph"],
                                     buckets=ROW_BUCKETS, registry=registry)
         self.queue_rows = Gauge("vae_queue_rows", "Rows waiting in a graph's queue", ["graph"],
-                                registry=registry)
+                                registry=registry, multiprocess_mode="livesum")
         self.inflight = Gauge("vae_inflight_requests", "RPCs being handled now",
-                              registry=registry)
+                              registry=registry, multiprocess_mode="livesum")
         self.items = Counter("vae_items", "Items (images or latents) returned, by method",
                              ["method"], registry=registry)
         self.model_info = Gauge("vae_model_info", "The served model version and provider (= 1)",
-                                ["version", "provider"], registry=registry)
+                                ["version", "provider"], registry=registry,
+                                multiprocess_mode="livemax")
         self.model_loads = Counter("vae_model_loads", "New model versions tried while serving, "
                                    "by result (loaded, refused)", ["result"], registry=registry)
 

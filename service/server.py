@@ -6,7 +6,6 @@ import asyncio
 import logging
 import math
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
@@ -22,6 +21,7 @@ from service.config import ServerConfig
 from service.dataplane import DataPlane
 from service.inference import grpc_service_pb2
 from service.metrics import Metrics, serve_metrics
+from service.ports import require_free_port
 from service.repository import Manifest, resolve_version
 from service.servicer import VaeServicer
 from service.status import Admission, add_service
@@ -100,7 +100,8 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     if config.tls_cert_file is not None and config.tls_key_file is not None:
         credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
                                          config.tls_client_ca_file)
-    require_free_port(config.host, config.port, "--port")
+    if config.workers == 1:  # with workers the parent checked, and the port is shared
+        require_free_port(config.host, config.port, "--port")
     if config.tls and config.health_port > 0:
         require_free_port(config.host, config.health_port, "--health-port")
     folder = resolve_version(config.model_repo, config.model_name, config.model_version)
@@ -109,7 +110,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     max_calls = max_admitted_calls(config)
     options = [("grpc.max_receive_message_length", limit),
                ("grpc.max_send_message_length", limit),
-               ("grpc.so_reuseport", 0),
+               ("grpc.so_reuseport", int(config.workers != 1)),
                # Overload (docs/serving.md): grpc's backlog of calls not yet handed to us
                # sheds them with a bare, uncounted CANCELLED; it must hold every call we
                # would admit plus a burst the event loop has not reached yet.
@@ -176,21 +177,6 @@ def max_admitted_calls(config: ServerConfig) -> int:
     """Calls the two graphs can hold at once (each holds a row, queued or running); the
     server refuses more with RESOURCE_EXHAUSTED before reading further (docs/serving.md, Overload)."""
     return 2 * (config.max_queue_rows + config.instances * config.max_batch_size)
-
-
-def require_free_port(host: str, port: int, flag: str) -> None:
-    """Fail in one line before the model loads, not after, when another process holds the port."""
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as err:
-            raise OSError(f"{flag} {port}: {host}:{port} is in use or not bindable "
-                          f"({err.strerror}); stop the other server or pick another port "
-                          "(0 = any free port)") from None
 
 
 async def _serve_health_only(health: HealthServicer, config: ServerConfig,
