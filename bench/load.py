@@ -26,8 +26,9 @@ from service.inference import grpc_service_pb2_grpc as v2_pb2_grpc
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
-CHANNELS = 4
-"""Client connections; requests are spread over them round-robin."""
+CONNECTIONS = 8
+"""Client connections; requests are spread over them round-robin. With --workers the kernel
+spreads connections, not calls, over the workers, so one connection reaches one worker."""
 GRAPH_OF = {"Decode": "decoder", "Encode": "encoder"}
 """vae.v1 method -> the KServe v2 model suffix that runs the same graph."""
 Call = Callable[..., Awaitable[Any]]
@@ -78,10 +79,10 @@ async def _prepare(channels: list[grpc.aio.Channel], protocol: str, method: str,
 
 
 async def run_load(target: str, method: str, items: int, concurrency: int, seconds: float,
-                   max_requests: int, protocol: str = "v1", model: str | None = None
-                   ) -> dict[str, float]:
+                   max_requests: int, protocol: str = "v1", model: str | None = None,
+                   connections: int = CONNECTIONS) -> dict[str, float]:
     channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(CHANNELS)]
+                for _ in range(connections)]
     calls, request = await _prepare(channels, protocol, method, items, model)
     latencies: list[float] = []
     errors = 0
@@ -90,7 +91,7 @@ async def run_load(target: str, method: str, items: int, concurrency: int, secon
 
     async def worker(index: int) -> None:
         nonlocal errors, sent
-        call = calls[index % CHANNELS]
+        call = calls[index % len(calls)]
         while time.monotonic() < stop_at and sent < max_requests:
             sent += 1
             started = time.perf_counter()
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="v2 model name prefix (default: the name GetModelInfo gives)")
     p.add_argument("--items", type=int, default=1, help="items per request")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p.add_argument("--connections", type=int, default=CONNECTIONS, help="client connections")
     p.add_argument("--seconds", type=float, default=5.0, help="stop after this long")
     p.add_argument("--max-requests", type=int, default=200_000, help="stop after this many")
     args = p.parse_args(argv)
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--target must be a loopback address")
     try:
         result = asyncio.run(run_load(args.target, args.method, args.items, args.concurrency,
-                                      args.seconds, args.max_requests, args.protocol, args.model))
+                                      args.seconds, args.max_requests, args.protocol, args.model,
+                                      args.connections))
     except grpc.aio.AioRpcError as err:  # before the load: no server, or no such model
         p.exit(1, f"{p.prog}: {args.target}: {err.code().name}: {err.details()}\n")
     print(json.dumps(result))
