@@ -24,6 +24,11 @@ help:  ## list the targets and the variables they read
 	@printf '  %-26s %s\n' "EXTRAS=$(EXTRAS)" "extras installed into .venv"
 	@printf '  %-26s %s\n' "PIP_ARGS=$(PIP_ARGS)" "extra pip options, e.g. --extra-index-url for the CPU-only torch"
 
+# A stamp is only trusted while .venv's python still runs: otherwise the install runs again.
+ifneq ($(shell $(BIN)/python -c pass 2>/dev/null && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+
 # A .venv whose python cannot run pip (a venv module without ensurepip, an interrupted
 # create, a removed base interpreter) is rebuilt, never reused. pip's output goes to
 # $(VENV)/install.log; on failure its explanation is printed.
