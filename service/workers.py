@@ -39,6 +39,11 @@ def worker_config(config: ServerConfig, workers: int) -> ServerConfig:
     return replace(config, metrics_port=-1, intra_op_threads=threads)
 
 
+def _exit_before_serving(signum: int, frame: object) -> None:
+    """A stop while the worker still loads: nothing was admitted, so nothing to drain."""
+    os._exit(0)
+
+
 class Supervisor:
     """Forks and keeps `workers` processes running `serve_one(config)` until a signal."""
 
@@ -71,9 +76,10 @@ class Supervisor:
 
     def _fork(self, slot: int) -> None:
         pid = os.fork()
-        if pid == 0:  # the worker
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
+        if pid == 0:  # the worker; serve() replaces these handlers once it is serving
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _exit_before_serving)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             code = STARTUP_ERROR
             try:
                 code = self.serve_one(worker_config(self.config, self.workers))
