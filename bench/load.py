@@ -64,18 +64,23 @@ def build_v2_request(model: str, method: str, items: int, image_shape: tuple[int
 async def _prepare(channels: list[grpc.aio.Channel], protocol: str, method: str, items: int,
                    model: str | None) -> tuple[list[Call], object]:
     """One call per channel and the request they all send; every channel is connected first,
-    so connection set-up is not timed."""
-    v1 = [vae_pb2_grpc.VaeServiceStub(c) for c in channels]
-    info = await v1[0].GetModelInfo(vae_pb2.GetModelInfoRequest())
-    shape, latent = tuple(info.image_shape), info.latent_dim
+    so connection set-up is not timed. v2 takes the input shape from ModelMetadata, so any
+    KServe v2 server (a peer's too) can be driven."""
     if protocol == "v1":
-        await asyncio.gather(*(s.GetModelInfo(vae_pb2.GetModelInfoRequest()) for s in v1))
+        v1 = [vae_pb2_grpc.VaeServiceStub(c) for c in channels]
+        infos = await asyncio.gather(*(s.GetModelInfo(vae_pb2.GetModelInfoRequest()) for s in v1))
+        shape, latent = tuple(infos[0].image_shape), infos[0].latent_dim
         return [getattr(s, method) for s in v1], build_request(method, items, shape, latent)
     v2 = [v2_pb2_grpc.GRPCInferenceServiceStub(c) for c in channels]
-    request = build_v2_request(model or info.name, method, items, shape, latent)
-    await asyncio.gather(*(s.ModelReady(v2_pb2.ModelReadyRequest(name=request.model_name))
-                           for s in v2))
-    return [s.ModelInfer for s in v2], request
+    if model is None:
+        model = (await vae_pb2_grpc.VaeServiceStub(channels[0]).GetModelInfo(
+            vae_pb2.GetModelInfoRequest())).name
+    name = f"{model}.{GRAPH_OF[method]}"
+    metadata = await v2[0].ModelMetadata(v2_pb2.ModelMetadataRequest(name=name))
+    dims = tuple(int(d) for d in metadata.inputs[0].shape[1:])
+    await asyncio.gather(*(s.ModelReady(v2_pb2.ModelReadyRequest(name=name)) for s in v2))
+    shape, latent = (dims, 0) if method == "Encode" else ((), dims[0])
+    return [s.ModelInfer for s in v2], build_v2_request(model, method, items, shape, latent)
 
 
 async def run_load(target: str, method: str, items: int, concurrency: int, seconds: float,
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", choices=tuple(GRAPH_OF), default="Decode",
                    help="with --protocol v2: model MODEL.decoder or MODEL.encoder")
     p.add_argument("--model", default=None,
-                   help="v2 model name prefix (default: the name GetModelInfo gives)")
+                   help="v2 model name prefix (default: the name vae.v1 GetModelInfo gives)")
     p.add_argument("--items", type=int, default=1, help="items per request")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     p.add_argument("--connections", type=int, default=CONNECTIONS, help="client connections")

@@ -47,19 +47,23 @@ class DecoderGraph(nn.Module):
         return torch.sigmoid(self.model.decode(z))
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, inputs: list[str],
-            outputs: list[str], opset: int) -> None:
+def export_module(module: nn.Module, examples: tuple[torch.Tensor, ...], path: Path,
+                  inputs: list[str], outputs: list[str], opset: int = OPSET) -> None:
+    """Export `module` to `path`; the first input's axis 0 is the dynamic batch axis, any
+    further inputs keep the shapes of their examples."""
     batch = torch.export.Dim(BATCH_AXIS, min=1)
+    dynamic: dict[str, dict[int, object] | None] = {name: None for name in inputs}
+    dynamic[inputs[0]] = {0: batch}
     with warnings.catch_warnings():  # torch.export's own deprecation chatter, not ours to fix
         warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(
             module.eval(),
-            (example,),
+            examples,
             str(path),
             dynamo=True,
             input_names=inputs,
             output_names=outputs,
-            dynamic_shapes={inputs[0]: {0: batch}},
+            dynamic_shapes=dynamic,
             opset_version=opset,
             external_data=False,
             verbose=False,
@@ -72,8 +76,8 @@ def export_graphs(model: VAE, folder: Path, opset: int = OPSET) -> tuple[Path, P
     model = model.cpu().eval()
     shape = model.config.image_shape
     encoder, decoder = folder / "encoder.onnx", folder / "decoder.onnx"
-    _export(EncoderGraph(model), torch.rand(TRACE_BATCH, *shape), encoder, ["x"],
-            ["mean", "log_var"], opset)
-    _export(DecoderGraph(model), torch.randn(TRACE_BATCH, model.config.latent_dim), decoder,
-            ["z"], ["x_hat"], opset)
+    export_module(EncoderGraph(model), (torch.rand(TRACE_BATCH, *shape),), encoder, ["x"],
+                  ["mean", "log_var"], opset)
+    export_module(DecoderGraph(model), (torch.randn(TRACE_BATCH, model.config.latent_dim),),
+                  decoder, ["z"], ["x_hat"], opset)
     return encoder, decoder

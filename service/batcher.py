@@ -66,12 +66,16 @@ class DynamicBatcher:
         max_queue_delay_us: int = 0,
         max_queue_rows: int = 4096,
         instances: int = 1,
+        inline_below_us: int = 0,
         observer: BatchObserver | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_rows = max_queue_rows
         self._delay_s = max_queue_delay_us / 1e6
+        self._inline_below_s = inline_below_us / 1e6
+        self._compute_s: dict[int, float] = {}
+        """Recent ONNX Runtime seconds per batch-size class (rows.bit_length()), smoothed."""
         self._run_batch = run_batch
         self._observer = observer or _NoObserver()
         self._queue: deque[_Pending] = deque()
@@ -130,23 +134,45 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._executor.shutdown(wait=True)
 
+    def _runs_inline(self, rows: int) -> bool:
+        """True when batches of this size measured cheaper than the hand-off to a thread.
+
+        A thread hop costs the event loop a wake-up and a context switch (about 0.1 ms of
+        CPU, measured in docs/benchmarks.md); a batch that computes in less runs on the loop.
+        A size class not measured yet runs in the pool once, which measures it.
+        """
+        recent = self._compute_s.get(rows.bit_length())
+        return recent is not None and recent < self._inline_below_s
+
+    async def _execute(self, inputs: np.ndarray) -> list[np.ndarray]:
+        """Run one batch inline or in the pool; record how long ONNX Runtime took."""
+        started = time.monotonic()
+        if self._runs_inline(len(inputs)):
+            outputs = self._run_batch(inputs)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, inputs)
+        seconds = time.monotonic() - started
+        size_class = len(inputs).bit_length()
+        recent = self._compute_s.get(size_class, seconds)
+        self._compute_s[size_class] = 0.8 * recent + 0.2 * seconds
+        self._observer.executed(len(inputs), seconds)
+        return outputs
+
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
             if not batch:
                 continue
             inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-            started = time.monotonic()
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
+                outputs = await self._execute(inputs)
             except Exception as err:  # the graph failed: fail this batch, keep serving
                 logger.exception("%s: batch of %d rows failed", self.name, len(inputs))
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(err)
                 continue
-            self._observer.executed(len(inputs), time.monotonic() - started)
             offset = 0
             for pending in batch:
                 end = offset + len(pending.rows)

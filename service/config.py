@@ -98,6 +98,9 @@ class ServerConfig:
                                   "RESOURCE_EXHAUSTED", parse_int, "ROWS")
     instances: int = setting(1, "concurrent runners per graph (like Triton's instance count)",
                              parse_int, "N")
+    inline_below_us: int = setting(150, "batches whose ONNX Runtime time measured below this "
+                                   "run on the event loop, skipping the hand-off to a runner "
+                                   "thread; 0 = always hand off", parse_int, "US")
     intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads per session; 0 = ONNX "
                                     "Runtime's default (all cores)", parse_int, "N")
     max_message_bytes: int = setting(0, "largest gRPC message received or sent, bytes; 0 = "
@@ -133,8 +136,8 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("model_version", "max_queue_delay_us", "intra_op_threads", "grace_s",
-                     "max_message_bytes", "poll_interval_s"):
+        for name in ("model_version", "max_queue_delay_us", "inline_below_us", "intra_op_threads",
+                     "grace_s", "max_message_bytes", "poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.workers < 0:

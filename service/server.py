@@ -24,7 +24,7 @@ from service.metrics import Metrics, serve_metrics
 from service.ports import require_free_port
 from service.repository import Manifest, resolve_version
 from service.servicer import VaeServicer
-from service.status import Admission, add_service
+from service.status import CallGate, add_service
 from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
 from service.vae.v1 import vae_pb2
@@ -71,7 +71,7 @@ class RunningServer:
     watching: asyncio.Task[None]
     metrics: Metrics
     metrics_http: WSGIServer | None
-    admission: Admission
+    gate: CallGate
     health_server: grpc.aio.Server | None = None
     health_port: int = -1
     """The plaintext health-only port beside a TLS --port; -1 when there is none."""
@@ -81,7 +81,7 @@ class RunningServer:
         self.watching.cancel()
         stop_by_s = time.monotonic() + grace_s
         await self.health.enter_graceful_shutdown()
-        await self.admission.drain(grace_s)
+        await self.gate.drain(grace_s)
         await self.server.stop(max(0.0, stop_by_s - time.monotonic()))
         if self.health_server is not None:  # probes saw NOT_SERVING until now
             await self.health_server.stop(0)
@@ -116,12 +116,12 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                # would admit plus a burst the event loop has not reached yet.
                ("grpc.server.max_pending_requests", max_calls + BACKLOG_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", max_calls + BACKLOG_CALLS)]
-    admission = Admission(metrics, max_calls)
-    server = grpc.aio.server(options=options, interceptors=[admission],
+    gate = CallGate(metrics, max_calls)
+    server = grpc.aio.server(options=options,
                              maximum_concurrent_rpcs=2 * max_calls + CONTROL_CALLS)
     watcher = VersionWatcher(plane, config, metrics)
-    add_service(server, VaeServicer(plane), vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
-    add_service(server, InferenceServicer(plane, watcher),
+    add_service(server, VaeServicer(plane, gate), vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
+    add_service(server, InferenceServicer(plane, watcher, gate),
                 grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -152,14 +152,14 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                     else "server certificate only", health_port if health_port >= 0 else "off")
     watching = asyncio.get_running_loop().create_task(watcher.run(), name="version-watcher")
     return RunningServer(server, port, metrics_port, health, plane, watcher, watching, metrics,
-                         metrics_http, admission, health_server, health_port)
+                         metrics_http, gate, health_server, health_port)
 
 
 BACKLOG_CALLS = 16384
 """Calls grpc may hold before our event loop takes them; each holds its metadata and at most
 one HTTP/2 stream window (64 KiB) of its request, so at most about 1 GiB."""
 CONTROL_CALLS = 256
-"""Health and reflection calls, never refused by Admission, within grpc's backstop limit."""
+"""Health and reflection calls, never refused by the CallGate, within grpc's backstop limit."""
 MESSAGE_HEADROOM_BYTES = 64 * 1024
 """Room for protobuf framing, names and metadata around the tensor bytes."""
 

@@ -7,20 +7,19 @@ from typing import TypeAlias
 import grpc
 
 from service.dataplane import DataPlane
-from service.status import RequestMetrics, deadline_s, rpc
+from service.status import CallGate, deadline_s, rpc
 from service.tensors import from_tensor, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
-METHODS = tuple(vae_pb2.DESCRIPTOR.services_by_name["VaeService"].methods_by_name)
 Context: TypeAlias = grpc.aio.ServicerContext
 
 
 class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
     """One method per RPC; validation, batching and versions live in the data plane."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, gate: CallGate) -> None:
         self.plane = plane
-        self.request_metrics = RequestMetrics(plane.metrics, METHODS)
+        self.gate = gate
 
     @rpc("Encode", items=lambda r: r.mean.shape[0])
     async def Encode(self, request: vae_pb2.EncodeRequest, context: Context) -> vae_pb2.EncodeResponse:

@@ -1,7 +1,7 @@
 """The one place errors become gRPC status codes, and every RPC of every front is counted.
 
 Front-agnostic: a servicer of any front decorates its methods with `rpc(method, items)` and
-holds a `RequestMetrics` as `self.request_metrics`.
+holds the server's `CallGate` as `self.gate`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -76,18 +76,83 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
-class RequestMetrics:
-    """Metric children of one front's methods, resolved once: labels() takes a lock per call."""
+QUIET_S = 0.1
+"""Drain: no new call for this long means grpc holds no call we have not yet seen."""
 
-    def __init__(self, metrics: Metrics, methods: Iterable[str]) -> None:
+
+class CallGate:
+    """Every call of every front passes here: admitted or refused, timed and counted.
+
+    Refuses, counted in vae_requests_total, the calls the server cannot take: beyond
+    max_calls in flight RESOURCE_EXHAUSTED, and every new one UNAVAILABLE while draining.
+    Health and reflection never pass here, so they are never refused: a probe failing under
+    load would restart a busy pod.
+
+    Part of the handler, not a grpc interceptor: an interceptor costs every call one more
+    coroutine and handler wrapper (about 10 % of requests/s, docs/benchmarks.md). Not grpc's
+    maximum_concurrent_rpcs either: grpc refuses those in core ('Concurrent RPC limit
+    exceeded!') without calling the handler, so nothing of ours could count them.
+    """
+
+    def __init__(self, metrics: Metrics, max_calls: int) -> None:
+        self.max_calls = max_calls
+        self.calls = 0
+        self.draining = False
+        self.last_arrival_s = time.monotonic()
         self.inflight = metrics.inflight
-        self.requests = metrics.requests
-        self.items_of = {m: metrics.items.labels(m) for m in methods}
-        self.seconds_of = {m: metrics.request_seconds.labels(m) for m in methods}
+        self._metrics = metrics
+        self._items: dict[str, Any] = {}
+        self._seconds: dict[str, Any] = {}
+        self._finished: dict[tuple[str, grpc.StatusCode], Any] = {}
+
+    def items(self, method: str) -> Any:
+        """vae_items_total{method}; children are resolved once, labels() locks per call."""
+        child = self._items.get(method)
+        if child is None:
+            child = self._items[method] = self._metrics.items.labels(method)
+        return child
+
+    def seconds(self, method: str) -> Any:
+        child = self._seconds.get(method)
+        if child is None:
+            child = self._seconds[method] = self._metrics.request_seconds.labels(method)
+        return child
+
+    def finished(self, method: str, code: grpc.StatusCode) -> Any:
+        child = self._finished.get((method, code))
+        if child is None:
+            child = self._finished[method, code] = self._metrics.requests.labels(method,
+                                                                                 code.name)
+        return child
+
+    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call arriving now is refused, or None when it is admitted."""
+        if self.draining:
+            return (grpc.StatusCode.UNAVAILABLE,
+                    "the server is draining (SIGTERM); retry on another replica")
+        if self.calls >= self.max_calls:
+            return (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"server busy: {self.calls} calls in flight, the most its queues can hold "
+                    "(see max_queue_rows); retry with backoff")
+        return None
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new calls with UNAVAILABLE until those admitted are done and grpc has handed
+        over every call it queued (no arrival for QUIET_S), or timeout_s passed.
+
+        Only then may grpc's stop run: it cancels, with a bare CANCELLED, the calls it still
+        queues and those still running.
+        """
+        self.draining = True
+        give_up_s = time.monotonic() + timeout_s
+        while time.monotonic() < give_up_s:
+            if self.calls == 0 and time.monotonic() - self.last_arrival_s >= QUIET_S:
+                return
+            await asyncio.sleep(0.02)
 
 
 class Servicer(Protocol):
-    request_metrics: RequestMetrics
+    gate: CallGate
 
 
 Response = TypeVar("Response")
@@ -103,22 +168,27 @@ def status_for(err: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]], Handler[Response]]:
-    """Count, time and map errors of one RPC; `items` counts what the response carries."""
+    """Admit, count, time and map errors of one RPC; `items` counts what the response carries."""
 
     def decorate(handler: Handler[Response]) -> Handler[Response]:
         @functools.wraps(handler)
         async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext
                           ) -> Response:
-            metrics = self.request_metrics
-            metrics.inflight.inc()
-            started = time.monotonic()
+            gate = self.gate
+            started = gate.last_arrival_s = time.monotonic()
+            refused = gate.refusal()
+            if refused is not None:
+                gate.finished(method, refused[0]).inc()
+                await context.abort(*refused)
+            gate.calls += 1
+            gate.inflight.inc()
             code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
             try:
                 if isinstance(request, Unparseable):
                     raise InvalidInput(f"the request body is not a valid {request.type_name} "
                                        f"({request.reason}); send the message the method takes")
                 response = await handler(self, request, context)
-                metrics.items_of[method].inc(items(response))
+                gate.items(method).inc(items(response))
                 code = grpc.StatusCode.OK
                 return response
             except Exception as err:
@@ -126,91 +196,16 @@ def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]
             finally:
                 if code == grpc.StatusCode.CANCELLED and _deadline_passed(context):
                     code = grpc.StatusCode.DEADLINE_EXCEEDED  # grpc cancelled it at the deadline
-                metrics.inflight.dec()
-                metrics.seconds_of[method].observe(time.monotonic() - started)
-                metrics.requests.labels(method, code.name).inc()
+                gate.calls -= 1
+                gate.inflight.dec()
+                gate.seconds(method).observe(time.monotonic() - started)
+                gate.finished(method, code).inc()
             await context.abort(code, message)
             raise AssertionError("abort returns only by raising")
 
         return wrapper
 
     return decorate
-
-
-UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-"""Probes and tooling are never refused: a probe failing under load would restart a busy pod."""
-QUIET_S = 0.1
-"""Drain: no new call for this long means grpc holds no call we have not yet seen."""
-
-
-class Admission(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses, counted in vae_requests_total, the unary calls the server cannot take: beyond
-    max_calls in flight RESOURCE_EXHAUSTED, and every new one UNAVAILABLE while draining.
-
-    An interceptor, not grpc's maximum_concurrent_rpcs: grpc refuses those in core
-    ('Concurrent RPC limit exceeded!') after the interceptors ran and without calling the
-    handler, so nothing of ours could count them.
-    """
-
-    def __init__(self, metrics: Metrics, max_calls: int) -> None:
-        self.max_calls = max_calls
-        self.calls = 0
-        self.draining = False
-        self.last_arrival_s = time.monotonic()
-        self._requests = metrics.requests
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
-        self.last_arrival_s = time.monotonic()
-        handler = await continuation(details)
-        path: str = details.method
-        if handler is None or handler.unary_unary is None or path.startswith(UNLIMITED_PREFIXES):
-            return handler
-        wrapped = self._wrapped.get(path)
-        if wrapped is None:
-            wrapped = self._wrapped[path] = self._admit(handler, path.rpartition("/")[2])
-        return wrapped
-
-    def _admit(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        inner = handler.unary_unary
-
-        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if self.draining:
-                await self._refuse(context, method, grpc.StatusCode.UNAVAILABLE,
-                                   "the server is draining (SIGTERM); retry on another replica")
-            if self.calls >= self.max_calls:
-                await self._refuse(context, method, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"server busy: {self.calls} calls in flight, the most its queues "
-                                   "can hold (see max_queue_rows); retry with backoff")
-            self.calls += 1
-            try:
-                return await inner(request, context)
-            finally:
-                self.calls -= 1
-
-        return grpc.unary_unary_rpc_method_handler(
-            admitted, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
-
-    async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
-                      code: grpc.StatusCode, message: str) -> None:
-        self._requests.labels(method, code.name).inc()
-        await context.abort(code, message)
-
-    async def drain(self, timeout_s: float) -> None:
-        """Refuse new calls with UNAVAILABLE until those admitted are done and grpc has handed
-        over every call it queued (no arrival for QUIET_S), or timeout_s passed.
-
-        Only then may grpc's stop run: it cancels, with a bare CANCELLED, the calls it still
-        queues and those still running.
-        """
-        self.draining = True
-        give_up_s = time.monotonic() + timeout_s
-        while time.monotonic() < give_up_s:
-            if self.calls == 0 and time.monotonic() - self.last_arrival_s >= QUIET_S:
-                return
-            await asyncio.sleep(0.02)
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:

@@ -18,7 +18,7 @@ from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
 from service.inference import model_config_pb2 as mc
 from service.repository import Manifest, published_versions
-from service.status import RequestMetrics, deadline_s, rpc
+from service.status import CallGate, deadline_s, rpc
 from service.v2_models import (
     V2Model,
     decode_inputs,
@@ -46,10 +46,10 @@ def _rows(response: Any) -> int:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """One method per RPC; RPCs not listed here answer UNIMPLEMENTED (grpc's default)."""
 
-    def __init__(self, plane: DataPlane, watcher: VersionWatcher) -> None:
+    def __init__(self, plane: DataPlane, watcher: VersionWatcher, gate: CallGate) -> None:
         self.plane = plane
         self.watcher = watcher
-        self.request_metrics = RequestMetrics(plane.metrics, METHODS)
+        self.gate = gate
         self._models_of: Manifest | None = None
         self._models: dict[str, V2Model] = {}
 

@@ -105,7 +105,7 @@ class ModelVersion:
             DynamicBatcher(name, runner.run, max_batch_size=config.max_batch_size,
                            max_queue_delay_us=config.max_queue_delay_us,
                            max_queue_rows=config.max_queue_rows, instances=config.instances,
-                           observer=observers.get(name))
+                           inline_below_us=config.inline_below_us, observer=observers.get(name))
             for name, runner in (("encoder", graphs.encoder), ("decoder", graphs.decoder)))
 
     @property

@@ -21,7 +21,7 @@ from training.noise import Noise
 from training.pictures import write_pictures
 from training.report import write_report
 from training.run_dir import load_run, save_run, write_json
-from training.train import evaluate_loss, kl_warmup, train_epoch
+from training.train import evaluate_loss, kl_warmup, lr_scheduler, train_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
         shuffle=True,
         generator=torch.Generator().manual_seed(config.seed),
     )
+    scheduler = lr_scheduler(optimizer, config.lr_schedule, config.lr,
+                             config.epochs * len(loader))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     val = torch.from_numpy(splits.validation).to(device)
     test = torch.from_numpy(splits.test).to(device)
@@ -59,6 +61,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
             model, loader, optimizer, device, epoch=epoch,
             beta=kl_warmup(config.beta, config.kl_warmup_epochs),
             binarize=config.binarize, noise=config.noise, generator=generator,
+            scheduler=scheduler,
         )
         val_loss = evaluate_loss(model, val, 1000, torch.Generator(device=device).manual_seed(0))
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})

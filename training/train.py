@@ -23,6 +23,15 @@ def kl_warmup(beta: float, warmup_epochs: float) -> BetaSchedule:
     return lambda progress: beta * min(1.0, progress / warmup_epochs)
 
 
+def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, lr: float, steps: int
+                 ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-step schedule named by TrainConfig.lr_schedule; None for a constant rate."""
+    if schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
+                                               pct_start=0.1)
+
+
 def prepare_batch(
     images: torch.Tensor, binarize: bool, noise: Noise, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +52,7 @@ def train_epoch(
     binarize: bool,
     noise: Noise,
     generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
     """Train one epoch and return the mean per-image loss (nats) at the scheduled KL weight."""
     model.train()
@@ -56,6 +66,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.2f}")

@@ -1,6 +1,7 @@
 """The batcher as a function over a queue, with a plain numpy graph."""
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -95,4 +96,38 @@ async def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> N
         await batcher.submit(np.full((2, 1), np.nan, np.float32))
     (out,) = await batcher.submit(rows(2))
     np.testing.assert_array_equal(out, rows(2) * 2)
+    await batcher.close()
+
+
+class ThreadRecorder(Graph):
+    """A Graph that also records the thread each batch ran on."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__(seconds)
+        self.threads: list[str] = []
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(batch)
+
+
+async def test_cheap_batches_run_on_the_event_loop_once_measured() -> None:
+    graph = ThreadRecorder()
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=50_000)
+    for _ in range(3):
+        (out,) = await batcher.submit(rows(2))
+        np.testing.assert_array_equal(out, rows(2) * 2)
+    loop_thread = threading.current_thread().name
+    assert graph.threads[0].startswith("ort-g") and graph.threads[1:] == [loop_thread] * 2
+    await batcher.submit(rows(40))  # another size class: measured in the pool first
+    assert graph.threads[-1].startswith("ort-g")
+    await batcher.close()
+
+
+async def test_slow_batches_stay_off_the_event_loop() -> None:
+    graph = ThreadRecorder(seconds=0.01)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000)
+    for _ in range(3):
+        await batcher.submit(rows(2))
+    assert all(name.startswith("ort-g") for name in graph.threads)
     await batcher.close()

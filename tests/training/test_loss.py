@@ -3,7 +3,8 @@ import math
 import torch
 
 from training.evaluate import elbo_nll, iwae_nll
-from training.loss import kl_divergence, log_normal
+from training.likelihood import OnnxLikelihood
+from training.loss import kl_divergence, log_normal, reconstruction_nll
 from training.model import VAE
 from training.run_dir import load_run
 
@@ -41,3 +42,15 @@ def test_iwae_is_no_worse_than_elbo_and_tightens_with_k(digits_run) -> None:
     nll = [iwae_nll(model, binary, k, g)[0] for k in (1, 10, 100)]
     assert abs(nll[0] - elbo) < 2.0  # k=1 is the ELBO, up to sampling noise
     assert nll[2] < nll[1] < nll[0]
+
+
+def test_onnx_log_likelihood_equals_the_torch_reconstruction_term(digits_run) -> None:
+    model = load_run(digits_run).model.eval()
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(7, model.config.latent_dim, generator=g)
+    x = torch.bernoulli(torch.full((1, *model.config.image_shape), 0.3), generator=g)
+    with torch.no_grad():
+        expected = -reconstruction_nll(model.decode(z), x.expand(7, *model.config.image_shape))
+    got = OnnxLikelihood(model)(z.numpy(), x.numpy())
+    assert got.shape == (7,)
+    torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-3, rtol=1e-5)
