@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.figures import write_comparison
 from service.help_format import DefaultsHelpFormatter
 from service.images import PngError, read_images, write_images
 from service.tensors import to_array, to_tensor
@@ -165,7 +166,13 @@ def _decode(client: VaeClient, args: argparse.Namespace) -> None:
 
 def _denoise(client: VaeClient, args: argparse.Namespace) -> None:
     images = _load_images(args.input, tuple(client.info().image_shape))
-    _save_images(args.out, client.denoise(images))
+    denoised = client.denoise(images)
+    _save_images(args.out, denoised)
+    if args.compare is not None:
+        info = client.info()
+        write_comparison(args.compare, [("noisy", images), ("denoised", denoised)],
+                         [f"{info.name} v{info.version}: vae-client denoise --in {args.input.name}"])
+        print(f"wrote {args.compare} (noisy and denoised side by side, labelled)")
 
 
 def _noise(args: argparse.Namespace) -> None:
@@ -225,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_decode)
     n = command("denoise", "noisy images -> decode(posterior mean)")
     _io_arguments(n, "noisy images: .png or .npy", "clean.png", "images: .png grid or .npy")
+    n.add_argument("--compare", type=Path, metavar="PATH",
+                   help="also write a labelled PNG for people: each noisy image beside its "
+                   "denoised one")
     n.set_defaults(func=_denoise)
     z = command("noise", "write a noisy copy of images (local, no server call)")
     _io_arguments(z, "images: .png or .npy (e.g. RUN/parity_images.npy)", "noisy.png",

@@ -52,6 +52,13 @@ def digits_conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_digits(tmp_path_factory.mktemp("runs") / "digits-conv", arch="conv", epochs=10)
 
 
+@pytest.fixture(scope="session")
+def digits_subpixel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MNIST default's architecture and schedule (subpixel, onecycle), small, on digits."""
+    return train_digits(tmp_path_factory.mktemp("runs") / "digits-subpixel", arch="subpixel",
+                        epochs=5, lr=3e-3, lr_schedule="onecycle")
+
+
 def publish_run(run: Path, repo: Path, model_name: str = "vae") -> Path:
     from export.publish import publish
 
@@ -60,11 +67,13 @@ def publish_run(run: Path, repo: Path, model_name: str = "vae") -> Path:
 
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory, digits_run: Path,
-               digits_conv_run: Path) -> Path:
-    """A repository with models/vae/1 (MLP) and models/vae-conv/1 (conv), really exported."""
+               digits_conv_run: Path, digits_subpixel_run: Path) -> Path:
+    """A repository with models/vae/1 (MLP), models/vae-conv/1 (conv) and
+    models/vae-subpixel/1, really exported."""
     repo = tmp_path_factory.mktemp("repo") / "models"
     publish_run(digits_run, repo, "vae")
     publish_run(digits_conv_run, repo, "vae-conv")
+    publish_run(digits_subpixel_run, repo, "vae-subpixel")
     return repo
 
 

@@ -1,12 +1,12 @@
-"""PNG pictures of a model: samples from the prior, reconstructions, denoising triplets."""
+"""PNG pictures of a model: samples from the prior, labelled reconstructions and denoising."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from service.figures import write_comparison
 from service.images import display_scale, grid, write_png
 from training.model import VAE
 from training.noise import Noise
@@ -14,6 +14,16 @@ from training.noise import Noise
 SAMPLES = "samples.png"
 RECONSTRUCTIONS = "reconstructions.png"
 DENOISING = "denoising.png"
+SHOWN_NOISE = Noise("gaussian", 0.3)
+"""The corruption denoising.png shows for a model trained without noise (said in the picture)."""
+
+
+def denoising_caption(run: str, trained: Noise) -> list[str]:
+    """What the denoising picture shows, and whether the model learnt to do it."""
+    if trained.kind != "none":
+        return [f"{run}: input noise {trained} (the noise it was trained on)"]
+    return [f"{run}: input noise {SHOWN_NOISE}",
+            "not trained to denoise (trained on clean images)"]
 
 
 @torch.no_grad()
@@ -30,11 +40,15 @@ def write_pictures(
 
     originals = test[:8]
     reconstructed = torch.sigmoid(model.decode(model.encode(originals)[0]))
-    pairs = torch.stack([originals, reconstructed], dim=1).flatten(0, 1).cpu().numpy()
-    write_png(folder / RECONSTRUCTIONS, grid(pairs, 4), display_scale(size))
+    write_comparison(folder / RECONSTRUCTIONS,
+                     [("original", originals.cpu().numpy()),
+                      ("reconstruction", reconstructed.cpu().numpy())],
+                     [f"{folder.name}: test images, decode(mean of encode(x))"])
 
-    shown = noise if noise.kind != "none" else Noise("gaussian", 0.3)
+    shown = noise if noise.kind != "none" else SHOWN_NOISE
     noisy = shown.apply(originals, generator)
     denoised = torch.sigmoid(model.decode(model.encode(noisy)[0]))
-    rows = torch.stack([noisy, denoised, originals], dim=1).flatten(0, 1).cpu().numpy()
-    write_png(folder / DENOISING, grid(np.asarray(rows), 6), display_scale(size))
+    write_comparison(folder / DENOISING,
+                     [("noisy", noisy.cpu().numpy()), ("denoised", denoised.cpu().numpy()),
+                      ("clean", originals.cpu().numpy())],
+                     denoising_caption(folder.name, noise))

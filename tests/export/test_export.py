@@ -16,10 +16,12 @@ from training.data import load_digits
 from training.run_dir import load_run
 
 
-@pytest.mark.parametrize("model", ["vae", "vae-conv"])
-def test_parity_within_tolerance_at_three_batch_sizes(model_repo: Path, digits_run: Path,
-                                                      digits_conv_run: Path, model: str) -> None:
-    run = load_run(digits_run if model == "vae" else digits_conv_run)
+@pytest.mark.parametrize("model", ["vae", "vae-conv", "vae-subpixel"])
+def test_parity_within_tolerance_at_three_batch_sizes(model_repo: Path, model: str,
+                                                      request: pytest.FixtureRequest) -> None:
+    fixture = {"vae": "digits_run", "vae-conv": "digits_conv_run",
+               "vae-subpixel": "digits_subpixel_run"}[model]
+    run = load_run(request.getfixturevalue(fixture))
     folder = model_repo / model / "1"
     images = load_digits().test[:64]
     latents = np.random.default_rng(5).standard_normal((64, 8)).astype(np.float32)

@@ -32,8 +32,10 @@ async def test_encode_decode_and_denoise_files(server, tmp_path: Path) -> None:
     noisy = np.clip(np.random.default_rng(0).random((8, 8)), 0, 1).astype(np.float32)
     write_png(tmp_path / "noisy.png", noisy)
     assert await cli(server, "denoise", "--in", str(tmp_path / "noisy.png"), "--out",
-                     str(tmp_path / "clean.png")) == 0
+                     str(tmp_path / "clean.png"), "--compare", str(tmp_path / "compare.png")) == 0
     assert read_images(tmp_path / "clean.png").shape == (1, 1, 8, 8)
+    compare = read_png(tmp_path / "compare.png")  # noisy and denoised, labelled, for people
+    assert compare.shape[1] > 2 * 112 and (compare == 0).any()
     assert await cli(server, "encode", "--in", str(tmp_path / "noisy.png"), "--out",
                      str(tmp_path / "codes.npz")) == 0
     np.save(tmp_path / "z.npy", np.load(tmp_path / "codes.npz")["mean"])

@@ -96,7 +96,7 @@ async def test_oversized_message_is_resource_exhausted(start_server) -> None:
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-@pytest.mark.parametrize("model", ["vae", "vae-conv"])
+@pytest.mark.parametrize("model", ["vae", "vae-conv", "vae-subpixel"])
 async def test_64_concurrent_mixed_requests_equal_single_calls(start_server, model) -> None:
     running = await start_server(model_name=model, max_batch_size=16)
     rng = np.random.default_rng(3)
