@@ -118,6 +118,8 @@ import importlib.util, os, sys
 import grpc, numpy, onnxruntime, prometheus_client
 from grpc_health.v1 import health_pb2
 assert importlib.util.find_spec("torch") is None, "torch in the serving image"
+for tool in ("pip", "setuptools", "wheel", "ensurepip"):
+    assert importlib.util.find_spec(tool) is None, f"{tool} in the serving image"
 assert os.getuid() == 10001 and os.getgid() == 10001, (os.getuid(), os.getgid())
 print("runtime ok: grpc", grpc.__version__, "| onnxruntime", onnxruntime.__version__,
       onnxruntime.get_available_providers(), "| numpy", numpy.__version__,

@@ -325,6 +325,12 @@ def test_dockerfile_agreement(rendered: dict[str, tuple[Path, list[Obj]]]) -> No
         assert lines[-1] == 'ENTRYPOINT ["vae-serve"]'
         assert not any("torch" in line for line in lines)
     assert list(stages)[-1] == "cpu"  # a build without --target gives the CPU image
+    # No packaging tools in a runtime image (scanners flag their old versions): the venv's
+    # go in the builders, the python base's own and ensurepip's wheels in the cpu runtime.
+    for stage in ("cpu-builder", "cuda-builder", "cpu"):
+        text = " ".join(stages[stage])
+        assert re.search(r"pip uninstall --yes --quiet setuptools wheel pip", text), stage
+    assert "rm -rf /usr/local/lib/python3.*/ensurepip" in " ".join(stages["cpu"])
     model = DOCKERFILES[1].read_text()
     assert re.search(r"^USER 10001:10001$", model, re.MULTILINE)
     assert 'ENTRYPOINT ["cp", "-R", "-v", "/models-src/.", "/models/"]' in model
