@@ -142,6 +142,7 @@ def evaluate(
         conditions.insert(0, str(trained_noise))
     return {
         "test_loss": evaluate_loss(model, test_t, 1000, generator),
+        "test_images": len(test_t),
         "binarized_test_elbo_nll": elbo_nll(model, binary, generator),
         "iwae_nll": nll,
         "iwae_nll_stderr": nll_se,
