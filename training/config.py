@@ -147,7 +147,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         prog="vae-train evaluate",
         description="Evaluate a run folder on its test split: test loss, importance-sampled "
         "NLL, reconstruction and denoising PSNR beside PCA and a median filter. Updates "
-        "metrics.json and report.md in the run folder.",
+        "metrics.json, report.md and the pictures in the run folder.",
         formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("run", type=Path, help="run folder written by vae-train")

@@ -82,7 +82,8 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 def evaluate_run(
     path: Path, data_dir: Path | None, iwae_samples: int, eval_images: int, device_name: str
 ) -> dict[str, Any]:
-    """Re-evaluate a run folder (e.g. with k=5000) and update metrics.json and report.md."""
+    """Re-evaluate a run folder (e.g. with k=5000): update metrics.json, report.md and the
+    pictures."""
     device = _device(device_name)
     run = load_run(path, device_name)
     config = run.config
@@ -95,4 +96,6 @@ def evaluate_run(
     )
     write_json(path / "metrics.json", metrics)
     write_report(path, config, metrics)
+    write_pictures(run.model, torch.from_numpy(splits.test).to(device),
+                   Noise.parse(config["noise"]), path)
     return metrics
