@@ -5,8 +5,9 @@ python -m bench.model_cost --seconds 2 --out bench/out/model-cost.md
 
 Builds each configuration of CONFIGS untrained (throughput does not depend on the weights),
 exports it with vae-export's own exporter to a temporary folder, and runs each graph on the
-CPU in a closed loop for --seconds per batch size. About 2 x 2 x 2 x --seconds per model
-plus the exports: under a minute at --seconds 2.
+CPU in a closed loop for --seconds per batch size. The last column compares each decoder's
+best batch with the conv decoder's best. About 2 x 3 x --seconds per model plus the
+exports: about a minute at --seconds 3.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ CONFIGS = {
                                                                           (1, 28, 28), 32, 512,
                                                                           32),
 }
-BATCH_SIZES = (1, 64)
+BATCH_SIZES = (1, 64, 256)
+BASELINE = next(iter(k for k in CONFIGS if k.startswith("conv")))
+"""The decoder the default replaced: the speed-up column compares with its best batch."""
 
 
 def items_per_s(session: ort.InferenceSession, batch: np.ndarray, seconds: float) -> float:
@@ -46,23 +49,33 @@ def items_per_s(session: ort.InferenceSession, batch: np.ndarray, seconds: float
 
 
 def measure(seconds: float) -> list[str]:
-    lines = ["| model | parameters | decoder batch 1 | decoder batch 64 | encoder batch 1 | "
-             "encoder batch 64 |", "|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
+    rows: dict[str, tuple[int, dict[tuple[str, int], float]]] = {}
     for name, config in tqdm(CONFIGS.items(), desc="models", unit="model"):
         model = build_model(config)
-        parameters = sum(p.numel() for p in model.parameters())
         with tempfile.TemporaryDirectory() as folder:
             encoder, decoder = export_graphs(model, Path(folder))
-            sessions = {graph: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-                        for graph, path in (("decoder", decoder), ("encoder", encoder))}
-            cells = []
-            for graph, shape in (("decoder", (config.latent_dim,)),
-                                 ("encoder", config.image_shape)):
+            inputs = {"decoder": (decoder, (config.latent_dim,)),
+                      "encoder": (encoder, config.image_shape)}
+            rates = {}
+            for graph, (path, shape) in inputs.items():
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 for n in BATCH_SIZES:
                     batch = rng.random((n, *shape), dtype=np.float32)
-                    cells.append(f"{items_per_s(sessions[graph], batch, seconds):,.0f}")
-        lines.append(f"| {name} | {parameters:,} | " + " | ".join(cells) + " |")
+                    rates[graph, n] = items_per_s(session, batch, seconds)
+        rows[name] = (sum(p.numel() for p in model.parameters()), rates)
+
+    def best_decoder(name: str) -> float:
+        return max(v for (graph, _), v in rows[name][1].items() if graph == "decoder")
+
+    header = " | ".join(f"{graph} batch {n}" for graph in ("decoder", "encoder")
+                        for n in BATCH_SIZES)
+    lines = [f"| model | parameters | {header} | decoder best vs conv |",
+             "|---|---|" + "---|" * (2 * len(BATCH_SIZES) + 1)]
+    for name, (parameters, rates) in rows.items():
+        cells = " | ".join(f"{v:,.0f}" for v in rates.values())
+        speedup = best_decoder(name) / best_decoder(BASELINE)
+        lines.append(f"| {name} | {parameters:,} | {cells} | {speedup:.1f}x |")
     return lines
 
 

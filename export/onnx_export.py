@@ -21,6 +21,9 @@ OPSET = 18
 BATCH_AXIS = "batch"
 # The exporter warns about every torchvision op it cannot register; we use none of them.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+# The optimiser's INFO lines (constant folding skipped, unused nodes removed) are not news.
+for _name in ("onnxscript", "onnx_ir"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 TRACE_BATCH = 2
 """Trace with 2 rows: a batch of 1 can be constant-folded into the graph."""
 
