@@ -57,4 +57,6 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys) -> None:
 
 def test_evaluate_command_updates_report(digits_run: Path, capsys) -> None:
     assert main(["evaluate", str(digits_run), "--iwae-samples", "4", "--eval-images", "8"]) == 0
-    assert "IWAE k=4 on 8" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "IWAE bound with k=4 on binarised test images (nats) |" in report
+    assert "| lower | 8 |" in report  # the row says how many test images it used
