@@ -177,7 +177,7 @@ def test_readme_mnist_path_serves_an_mnist_model(walk: Walk) -> None:
         pytest.skip(f"no MNIST IDX files in {SHARED_DATA / 'mnist'}")
     (walk.folder / "data").mkdir()
     (walk.folder / "data" / "mnist").symlink_to(SHARED_DATA / "mnist")
-    # One epoch, not ten: the same commands and code path in a minute instead of eight
+    # One epoch, not ten: the same commands and code path in a minute instead of ten
     # (docs/benchmarks.md has the ten-epoch numbers).
     walk.extra_env["MNIST_EPOCHS"] = "1"
     for language, code in _blocks(MNIST_SECTION):
