@@ -10,6 +10,7 @@ MODEL ?= vae
 DATA_DIR ?=
 MNIST_EPOCHS ?= 10
 PIP_ARGS ?=
+NEED_DATA_DIR = @test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR to the folder with the MNIST IDX files (docs/training.md says where to get them)"; exit 2; }
 # The default MNIST model (docs/training.md): sub-pixel decoder, one-cycle learning rate.
 MNIST_ARGS = --dataset mnist --data-dir $(DATA_DIR) --arch subpixel --latent-dim 32 \
   --hidden-dim 512 --channels 32 --lr 3e-3 --lr-schedule onecycle --batch-size 128 \
@@ -68,12 +69,12 @@ train: $(STAMP)  ## train the digits model into RUN and write its report
 	@echo "report: $(RUN)/report.md"
 
 train-mnist: $(STAMP)  ## train the default MNIST model from DATA_DIR into runs/mnist
-	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR to the folder with the MNIST IDX files (docs/training.md says where to get them)"; exit 2; }
+	$(NEED_DATA_DIR)
 	$(BIN)/vae-train $(MNIST_ARGS) --out runs/mnist
 	@echo "report: runs/mnist/report.md"
 
 train-mnist-denoise: $(STAMP)  ## the same model trained to denoise (Gaussian 0.3) into runs/mnist-denoise
-	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR to the folder with the MNIST IDX files (docs/training.md says where to get them)"; exit 2; }
+	$(NEED_DATA_DIR)
 	$(BIN)/vae-train $(MNIST_ARGS) --noise gaussian:0.3 --out runs/mnist-denoise
 	@echo "report: runs/mnist-denoise/report.md"
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from bench.raw_runtime import items_per_s, session_run
 from export.onnx_export import export_graphs
 from service.help_format import DefaultsHelpFormatter
 from training.model import ModelConfig, build_model
@@ -38,16 +38,6 @@ BASELINE = next(iter(k for k in CONFIGS if k.startswith("conv")))
 """The decoder the default replaced: the speed-up column compares with its best batch."""
 
 
-def items_per_s(session: ort.InferenceSession, batch: np.ndarray, seconds: float) -> float:
-    feed = {session.get_inputs()[0].name: batch}
-    session.run(None, feed)
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, feed)
-        calls += 1
-    return calls * len(batch) / (time.perf_counter() - started)
-
-
 def measure(seconds: float) -> list[str]:
     rng = np.random.default_rng(0)
     rows: dict[str, tuple[int, dict[tuple[str, int], float]]] = {}
@@ -62,7 +52,7 @@ def measure(seconds: float) -> list[str]:
                 session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 for n in BATCH_SIZES:
                     batch = rng.random((n, *shape), dtype=np.float32)
-                    rates[graph, n] = items_per_s(session, batch, seconds)
+                    rates[graph, n] = items_per_s(session_run(session), batch, seconds)
         rows[name] = (sum(p.numel() for p in model.parameters()), rates)
 
     def best_decoder(name: str) -> float:

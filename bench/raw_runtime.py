@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from service.help_format import DefaultsHelpFormatter
 from service.repository import GRAPH_FILES, read_manifest, resolve_version
@@ -23,14 +25,23 @@ from service.runtime import OrtRunner
 BATCH_SIZES = (1, 64)
 
 
-def items_per_s(runner: OrtRunner, batch: np.ndarray, seconds: float) -> float:
-    """Closed loop of runner.run on one batch for about `seconds`; items (rows) per second."""
-    runner.run(batch)  # warm-up: allocations, kernels, CUDA context
+def items_per_s(run: Callable[[np.ndarray], object], batch: np.ndarray, seconds: float) -> float:
+    """Closed loop of run(batch) for about `seconds` after one warm-up call; items (rows)/s."""
+    run(batch)  # warm-up: allocations, kernels, CUDA context
     calls, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        runner.run(batch)
+        run(batch)
         calls += 1
     return calls * len(batch) / (time.perf_counter() - started)
+
+
+def session_run(session: ort.InferenceSession) -> Callable[[np.ndarray], object]:
+    """run(batch) for a plain InferenceSession with one input, for items_per_s."""
+    name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> object:
+        return session.run(None, {name: batch})
+    return run
 
 
 def measure(repo: Path, model: str, device: str, seconds: float) -> str:
@@ -46,7 +57,7 @@ def measure(repo: Path, model: str, device: str, seconds: float) -> str:
                    for bound in (False, True)}
         for n in BATCH_SIZES:
             batch = rng.random((n, *shapes[graph]), dtype=np.float32)
-            plain, bound = (items_per_s(runners[b], batch, seconds) for b in (False, True))
+            plain, bound = (items_per_s(runners[b].run, batch, seconds) for b in (False, True))
             lines.append(f"| {graph} | {n} | {plain:.0f} | {bound:.0f} | "
                          f"{runners[True].provider} |")
     return "\n".join(lines)

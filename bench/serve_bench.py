@@ -20,7 +20,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
+from bench.raw_runtime import items_per_s, session_run
 from service.help_format import DefaultsHelpFormatter
 from service.repository import read_manifest, resolve_version
 
@@ -142,16 +142,11 @@ def raw_ort(folder: Path, image_shape: tuple[int, ...], latent_dim: int, seconds
     for method, file, shape in (("Decode", "decoder.onnx", (latent_dim,)),
                                 ("Encode", "encoder.onnx", image_shape)):
         session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
         results[method] = {}
         for n in RAW_BATCH_SIZES:
             batch = np.random.default_rng(0).random((n, *shape), dtype=np.float32)
-            session.run(None, {name: batch})
-            runs, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds / len(RAW_BATCH_SIZES):
-                session.run(None, {name: batch})
-                runs += 1
-            results[method][n] = runs * n / (time.perf_counter() - started)
+            results[method][n] = items_per_s(session_run(session), batch,
+                                             seconds / len(RAW_BATCH_SIZES))
     return results
 
 

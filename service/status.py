@@ -101,29 +101,27 @@ class CallGate:
         self.last_arrival_s = time.monotonic()
         self.inflight = metrics.inflight
         self._metrics = metrics
-        self._items: dict[str, Any] = {}
-        self._seconds: dict[str, Any] = {}
-        self._finished: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A metric's child for these labels, resolved once: labels() locks on every call."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def items(self, method: str) -> Any:
-        """vae_items_total{method}; children are resolved once, labels() locks per call."""
-        child = self._items.get(method)
-        if child is None:
-            child = self._items[method] = self._metrics.items.labels(method)
-        return child
+        """vae_items_total{method}."""
+        return self._child(self._metrics.items, method)
 
     def seconds(self, method: str) -> Any:
-        child = self._seconds.get(method)
-        if child is None:
-            child = self._seconds[method] = self._metrics.request_seconds.labels(method)
-        return child
+        """vae_request_duration_seconds{method}."""
+        return self._child(self._metrics.request_seconds, method)
 
     def finished(self, method: str, code: grpc.StatusCode) -> Any:
-        child = self._finished.get((method, code))
-        if child is None:
-            child = self._finished[method, code] = self._metrics.requests.labels(method,
-                                                                                 code.name)
-        return child
+        """vae_requests_total{method, code}."""
+        return self._child(self._metrics.requests, method, code.name)
 
     def refusal(self) -> tuple[grpc.StatusCode, str] | None:
         """Why a call arriving now is refused, or None when it is admitted."""

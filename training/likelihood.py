@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from export.onnx_export import export_module
+from training.loss import reconstruction_nll
 from training.model import VAE
 
 
@@ -29,8 +29,7 @@ class _LogLikelihood(nn.Module):
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logits = self.model.decode(z)
-        # log sigmoid(l) * x + log sigmoid(-l) * (1 - x) = x * l - softplus(l): -BCE with logits
-        return (x * logits - F.softplus(logits)).flatten(1).sum(dim=1)
+        return -reconstruction_nll(logits, x.expand_as(logits))
 
 
 class OnnxLikelihood:
