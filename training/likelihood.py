@@ -13,15 +13,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from export.onnx_export import export_module
-from training.loss import reconstruction_nll
 from training.model import VAE
 
 
 class _LogLikelihood(nn.Module):
-    """z [N, latent], x [1, C, H, W] -> log p(x | z) [N] under the Bernoulli decoder."""
+    """z [N, latent], x [1, C, H, W] -> log p(x | z) [N] under the Bernoulli decoder.
+
+    Written as x * logit - softplus(logit), not through the loss's BCE-with-logits: the
+    exporter turns that into Log(Sigmoid(logit)), which ONNX Runtime rounds to log(0) = -inf
+    for the saturated logits (below about -20) of every trained model's background pixels.
+    """
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
@@ -29,7 +34,7 @@ class _LogLikelihood(nn.Module):
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logits = self.model.decode(z)
-        return -reconstruction_nll(logits, x.expand_as(logits))
+        return (x * logits - F.softplus(logits)).flatten(1).sum(dim=1)
 
 
 class OnnxLikelihood:
