@@ -13,8 +13,8 @@ PIP_ARGS ?=
 NEED_DATA_DIR = @test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR to the folder with the MNIST IDX files (docs/training.md says where to get them)"; exit 2; }
 # The default MNIST model (docs/training.md): sub-pixel decoder, one-cycle learning rate.
 MNIST_ARGS = --dataset mnist --data-dir $(DATA_DIR) --arch subpixel --latent-dim 32 \
-  --hidden-dim 512 --channels 32 --lr 3e-3 --lr-schedule onecycle --batch-size 128 \
-  --epochs $(MNIST_EPOCHS)
+  --hidden-dim 512 --channels 16 --decoder-layers 1,3 --lr 3e-3 --lr-schedule onecycle \
+  --batch-size 128 --epochs $(MNIST_EPOCHS)
 
 .PHONY: help install tools train train-mnist train-mnist-denoise export serve test lint proto clean
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from service.help_format import DefaultsHelpFormatter
 from training.data import DATASETS
 from training.errors import UsageError
-from training.model import ARCHS, ModelConfig
+from training.model import ARCHS, ModelConfig, parse_decoder_layers
 from training.noise import Noise
 
 LR_SCHEDULES = ("constant", "onecycle")
@@ -93,6 +93,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-dim", type=int, default=m.hidden_dim, help="dense layer width")
     p.add_argument("--channels", type=int, default=m.channels,
                    help="conv: first conv channels; subpixel: every conv's channels")
+    p.add_argument("--decoder-layers", default=",".join(map(str, m.decoder_layers)),
+                   help="subpixel: 3x3 conv layers of the decoder at a quarter and at half "
+                   "of the image size, as QUARTER,HALF")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (the peak with onecycle)")
@@ -121,6 +124,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         latent_dim=args.latent_dim,
         hidden_dim=args.hidden_dim,
         channels=args.channels,
+        decoder_layers=parse_decoder_layers(args.decoder_layers),
     )
     return TrainConfig(
         dataset=args.dataset,

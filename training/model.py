@@ -24,9 +24,13 @@ class ModelConfig:
     channels: int = 32
     """conv: channels of the first convolution (the second has twice as many); subpixel:
     channels of every convolution."""
+    decoder_layers: tuple[int, int] = (1, 3)
+    """subpixel: 3x3 convolutions (each with batch norm and SiLU) the decoder runs at a
+    quarter and at half of the image size, around its first upsampling."""
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "image_shape": list(self.image_shape)}
+        return {**asdict(self), "image_shape": list(self.image_shape),
+                "decoder_layers": list(self.decoder_layers)}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ModelConfig:
@@ -34,7 +38,24 @@ class ModelConfig:
         shape = fields.get("image_shape", cls.image_shape)
         assert isinstance(shape, list | tuple)
         fields["image_shape"] = tuple(int(v) for v in shape)
+        # Runs written before decoder_layers existed had one layer at half size.
+        layers = fields.get("decoder_layers", LEGACY_DECODER_LAYERS)
+        assert isinstance(layers, list | tuple)
+        fields["decoder_layers"] = tuple(int(v) for v in layers)
         return cls(**fields)  # type: ignore[arg-type]
+
+
+LEGACY_DECODER_LAYERS = (0, 1)
+"""decoder_layers of a config.json that does not name them (written before the field)."""
+
+
+def parse_decoder_layers(text: str) -> tuple[int, int]:
+    """'1,2' -> (1, 2): the --decoder-layers flag."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--decoder-layers takes two counts, QUARTER,HALF such as 1,2; got {text!r}")
+    quarter, half = (int(p) for p in parts)
+    return quarter, half
 
 
 class VAE(nn.Module):
@@ -143,15 +164,21 @@ def _upsample(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.PixelShuffle(2))
 
 
+def _conv_bn_silu(channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.SiLU()]
+
+
 def _subpixel(config: ModelConfig) -> VAE:
     """The conv encoder's shape with batch norm and SiLU; a decoder of sub-pixel convolutions
-    with one full 3x3 layer at half resolution and none at full resolution, where a conv
-    decoder spends most of its time. Batch norm folds into the convolutions on export.
+    with config.decoder_layers 3x3 layers at a quarter and half of the image size and none at
+    full size, where a conv decoder spends most of its time. Batch norm folds into the
+    convolutions on export.
     """
     c, h, w = config.image_shape
     if h % 4 or w % 4:
         raise UsageError(f"arch subpixel needs height and width divisible by 4, got {h}x{w}")
     k = config.channels
+    quarter, half = config.decoder_layers
     grid = (k, h // 4, w // 4)
     flat = k * (h // 4) * (w // 4)
     body = nn.Sequential(
@@ -165,8 +192,9 @@ def _subpixel(config: ModelConfig) -> VAE:
         nn.Linear(config.latent_dim, config.hidden_dim), nn.SiLU(),
         nn.Linear(config.hidden_dim, flat), nn.SiLU(),
         nn.Unflatten(1, grid),
+        *[layer for _ in range(quarter) for layer in _conv_bn_silu(k)],
         _upsample(k, k), nn.BatchNorm2d(k), nn.SiLU(),
-        nn.Conv2d(k, k, 3, padding=1), nn.BatchNorm2d(k), nn.SiLU(),
+        *[layer for _ in range(half) for layer in _conv_bn_silu(k)],
         _upsample(k, c),
     )
     return VAE(_GaussianHeads(body, config.hidden_dim, config.latent_dim), decoder, config)

@@ -7,7 +7,7 @@ import torch
 from tests.conftest import train_digits
 from training.cli import main
 from training.data import load_digits
-from training.model import build_model
+from training.model import LEGACY_DECODER_LAYERS, ModelConfig, build_model
 from training.run_dir import load_run
 from training.train import evaluate_loss
 
@@ -47,6 +47,7 @@ def test_same_seed_gives_identical_weights(tmp_path: Path, arch: str) -> None:
         (["--dataset", "mnist"], "needs --data-dir"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent"], "no such folder"),
         (["evaluate", "/nonexistent/run"], "does not exist"),
+        (["--arch", "subpixel", "--decoder-layers", "2"], "two counts, QUARTER,HALF"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys) -> None:
@@ -60,3 +61,13 @@ def test_evaluate_command_updates_report(digits_run: Path, capsys) -> None:
     report = capsys.readouterr().out
     assert "IWAE bound with k=4 on binarised test images (nats) |" in report
     assert "| lower | 8 |" in report  # the row says how many test images it used
+
+
+def test_model_config_round_trips_and_reads_runs_from_before_decoder_layers() -> None:
+    config = ModelConfig("subpixel", (1, 28, 28), 32, 512, 16, (2, 0))
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    older = {k: v for k, v in config.to_dict().items() if k != "decoder_layers"}
+    assert ModelConfig.from_dict(older).decoder_layers == LEGACY_DECODER_LAYERS
+    # Two layers at a quarter of the size, none at half: the counts shape the decoder.
+    convs = [m for m in build_model(config).decoder if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2
