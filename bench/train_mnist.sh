@@ -2,7 +2,7 @@
 # Training benchmark of docs/benchmarks.md: MNIST and Fashion-MNIST runs, then k=5000 likelihoods.
 # First the default model (subpixel, as make train-mnist), its denoising and binarised
 # twins and the binarised twin's k=5000 likelihood on all 10,000 test images; then the
-# earlier conv and mlp runs the tables compare them with.
+# previous default (32 channels) and the earlier conv and mlp runs the tables compare with.
 # Usage: bash bench/train_mnist.sh [RUNS_DIR] DATA_DIR
 #    or: DATA_DIR=FOLDER bash bench/train_mnist.sh [RUNS_DIR]
 #   RUNS_DIR  where the run folders go (default runs/bench)
@@ -10,8 +10,8 @@
 #             gzipped IDX files (docs/training.md, "Getting MNIST and Fashion-MNIST")
 #   BINARY_EPOCHS (default 15), IWAE_IMAGES (default 500): the binarised conv run's epochs
 #             and the number of test images of its k=5000 evaluation
-# About 3.5 hours on 2 idle cores (the subpixel runs about 40 s an epoch, their k=5000
-# evaluation about 40 minutes); needs .venv (make install).
+# About 3.5 hours on 2 idle cores (a default-model epoch about 15 s, its k=5000 evaluation
+# about 30 minutes, a 32-channel or conv epoch about a minute); needs .venv (make install).
 # A run folder that already holds metrics.json is kept, so the script can be resumed.
 # Then:  .venv/bin/python -m bench.training_report RUNS_DIR   (prints the markdown tables)
 set -euo pipefail

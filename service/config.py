@@ -103,6 +103,10 @@ class ServerConfig:
                                    "thread; 0 = always hand off", parse_int, "US")
     intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads per session; 0 = ONNX "
                                     "Runtime's default (all cores)", parse_int, "N")
+    serial_below_rows: int = setting(8, "CPU: batches of fewer rows run on a single-threaded "
+                                     "session of the same graph, which answers small batches "
+                                     "sooner than waking intra-op threads; 0 = off",
+                                     parse_int, "ROWS")
     max_message_bytes: int = setting(0, "largest gRPC message received or sent, bytes; 0 = "
                                      "derived from the model and the queue settings (see "
                                      "docs/serving.md)", parse_int, "BYTES")
@@ -137,7 +141,7 @@ class ServerConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("model_version", "max_queue_delay_us", "inline_below_us", "intra_op_threads",
-                     "grace_s", "max_message_bytes", "poll_interval_s"):
+                     "serial_below_rows", "grace_s", "max_message_bytes", "poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.workers < 0:

@@ -64,7 +64,8 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
                             f"lies in folder {folder.name}; publish versions with vae-export")
     verify_graphs(folder, manifest)
     runners = {graph: OrtRunner(folder / file, config.device, config.intra_op_threads,
-                                manifest.inputs[graph], manifest.outputs[graph])
+                                manifest.inputs[graph], manifest.outputs[graph],
+                                serial_below_rows=config.serial_below_rows)
                for graph, file in GRAPH_FILES.items()}
     image: tuple[int, ...] = tuple(manifest.image_shape)
     latent = (manifest.latent_dim,)
