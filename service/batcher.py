@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -23,6 +24,8 @@ from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 logger = logging.getLogger(__name__)
 RunBatch = Callable[[np.ndarray], list[np.ndarray]]
 """Runs one batch [n, ...] and returns outputs with n rows each; called in a worker thread."""
+Timed = tuple[list[np.ndarray], float]
+"""A batch's outputs and the seconds ONNX Runtime took for them."""
 
 
 class BatchObserver(Protocol):
@@ -55,7 +58,7 @@ class _Pending:
 
 
 class DynamicBatcher:
-    """One per graph: a bounded row queue drained by `instances` runners into `run_batch`."""
+    """One per graph: a bounded row queue drained into `run_batch`, up to `instances` at a time."""
 
     def __init__(
         self,
@@ -81,9 +84,11 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
+        self._free_instances = asyncio.Semaphore(instances)
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"ort-{name}")
-        self._runners = [asyncio.create_task(self._serve(), name=f"batcher-{name}-{i}")
-                         for i in range(instances)]
+        self._running: set[asyncio.Future[Timed]] = set()
+        """Batches handed to the pool and not yet delivered."""
+        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
         self._closed = False
 
     async def submit(self, batch: np.ndarray, deadline_s: float | None = None) -> list[np.ndarray]:
@@ -120,13 +125,13 @@ class DynamicBatcher:
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
     async def close(self) -> None:
-        """Stop the runners; requests still queued get ModelUnavailable."""
+        """Stop forming batches; running ones finish, queued ones get ModelUnavailable."""
         self._closed = True
-        for runner in self._runners:
-            runner.cancel()
-        for runner in self._runners:
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        self._dispatcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._dispatcher
+        if self._running:
+            await asyncio.wait(self._running)
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
@@ -145,49 +150,84 @@ class DynamicBatcher:
         recent = self._compute_s.get(rows.bit_length())
         return recent is not None and recent < self._inline_below_s
 
-    def _timed(self, inputs: np.ndarray) -> tuple[list[np.ndarray], float]:
+    def _timed(self, inputs: np.ndarray) -> Timed:
         """Run one batch and time it where it runs: the hand-off is not compute."""
         started = time.monotonic()
         outputs = self._run_batch(inputs)
         return outputs, time.monotonic() - started
 
-    async def _execute(self, inputs: np.ndarray) -> list[np.ndarray]:
-        """Run one batch inline or in the pool; record how long ONNX Runtime took."""
-        if self._runs_inline(len(inputs)):
-            outputs, seconds = self._timed(inputs)
-        else:
-            outputs, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._timed, inputs)
-        size_class = len(inputs).bit_length()
-        recent = self._compute_s.get(size_class, seconds)
-        self._compute_s[size_class] = 0.8 * recent + 0.2 * seconds
-        self._observer.executed(len(inputs), seconds)
-        return outputs
+    async def _dispatch(self) -> None:
+        """Form batches while an instance is free; each runs on the loop or in the pool.
 
-    async def _serve(self) -> None:
+        One task forms every batch, so instances never race for the queue, and an instance
+        is taken before its batch is formed, so rows that arrive while all are busy join it.
+        """
+        loop = asyncio.get_running_loop()
         while True:
+            await self._free_instances.acquire()
             batch = await self._next_batch()
-            if not batch:
+            if not batch:  # every chunk was cancelled or past its deadline
+                self._free_instances.release()
                 continue
             inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-            try:
-                outputs = await self._execute(inputs)
-            except Exception as err:  # the graph failed: fail this batch, keep serving
-                logger.exception("%s: batch of %d rows failed", self.name, len(inputs))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(err)
+            if not self._runs_inline(len(inputs)):
+                running = loop.run_in_executor(self._executor, self._timed, inputs)
+                self._running.add(running)
+                running.add_done_callback(functools.partial(self._finished, batch))
                 continue
-            offset = 0
-            for pending in batch:
-                end = offset + len(pending.rows)
-                if not pending.future.done():  # its client may have gone
-                    pending.future.set_result([out[offset:end] for out in outputs])
-                offset = end
+            try:
+                self._deliver(batch, *self._timed(inputs))
+            except Exception as err:
+                self._fail(batch, err)
+            self._free_instances.release()
+
+    def _finished(self, batch: list[_Pending], running: asyncio.Future[Timed]) -> None:
+        """A pool batch is done (called on the loop): free its instance, answer its requests."""
+        self._running.discard(running)
+        self._free_instances.release()
+        self._arrived.set()  # a batch waiting for this one to finish may start now
+        err = running.exception()
+        if err is None:
+            self._deliver(batch, *running.result())
+        else:
+            self._fail(batch, err)
+
+    def _deliver(self, batch: list[_Pending], outputs: list[np.ndarray], seconds: float) -> None:
+        """Record the batch's compute time, then give each request its rows of the outputs."""
+        rows = sum(len(pending.rows) for pending in batch)
+        recent = self._compute_s.get(rows.bit_length(), seconds)
+        self._compute_s[rows.bit_length()] = 0.8 * recent + 0.2 * seconds
+        self._observer.executed(rows, seconds)
+        offset = 0
+        for pending in batch:
+            end = offset + len(pending.rows)
+            if not pending.future.done():  # its client may have gone
+                pending.future.set_result([out[offset:end] for out in outputs])
+            offset = end
+
+    def _fail(self, batch: list[_Pending], err: BaseException) -> None:
+        """The graph failed: fail this batch's requests and keep serving."""
+        logger.error("%s: batch of %d rows failed", self.name,
+                     sum(len(pending.rows) for pending in batch), exc_info=err)
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(err)
+
+    def _worth_starting(self) -> bool:
+        """Any queued rows when no batch runs; beside a running batch, only a full one.
+
+        A full batch queued means the cores are the limit, and a batch of its own per core
+        is the fastest way through. A smaller one would contend with the running batch and
+        the event loop for the cores (without this rule, 9 % fewer 1-row requests/s at
+        concurrency 64; docs/benchmarks.md, Instances), so it waits and grows meanwhile.
+        """
+        if not self._running:
+            return bool(self._queue)
+        return self._queued_rows >= self.max_batch_size
 
     async def _next_batch(self) -> list[_Pending]:
         """Wait for work; with a delay, give a partial batch until the oldest row's deadline."""
-        while not self._queue:
+        while not self._worth_starting():
             self._arrived.clear()
             await self._arrived.wait()
         await asyncio.sleep(0)  # let handlers that are already runnable queue their rows too

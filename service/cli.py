@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.workers == 1:
         return serve_process(config)
+    from service.config import usable_cores
     from service.ports import require_free_port
-    from service.workers import Supervisor, usable_cores
+    from service.workers import Supervisor
 
     try:  # once here: the workers share the port, so they cannot tell it is taken
         require_free_port(config.host, config.port, "--port")

@@ -53,9 +53,19 @@ def parse_float(text: str) -> float:
         raise ValueError("expected a number") from None
 
 
-def parse_workers(text: str) -> int:
-    """A count of processes, or auto (0: one per usable core)."""
-    return 0 if text.strip().lower() == "auto" else parse_int(text)
+def parse_count(text: str) -> int:
+    """A count, or auto (0), which the setting's help explains."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        return parse_int(text)
+    except ValueError:
+        raise ValueError("expected an integer or auto") from None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset sets)."""
+    return len(os.sched_getaffinity(0))
 
 
 def parse_choice(choices: Sequence[str], upper: bool = False) -> Parser:
@@ -96,8 +106,10 @@ class ServerConfig:
                                       "batch runs, microseconds; 0 = opportunistic", parse_int, "US")
     max_queue_rows: int = setting(4096, "rows queued per graph before new requests get "
                                   "RESOURCE_EXHAUSTED", parse_int, "ROWS")
-    instances: int = setting(1, "concurrent runners per graph (like Triton's instance count)",
-                             parse_int, "N")
+    instances: int = setting(0, "batches each graph runs at once (like Triton's instance "
+                             "count); auto (0) = 1 on CUDA, on CPU one per intra-op thread, a "
+                             "batch beside another running single-threaded", parse_count,
+                             "N|auto")
     inline_below_us: int = setting(150, "batches whose ONNX Runtime time measured below this "
                                    "run on the event loop, skipping the hand-off to a runner "
                                    "thread; 0 = always hand off", parse_int, "US")
@@ -112,7 +124,7 @@ class ServerConfig:
                                      "docs/serving.md)", parse_int, "BYTES")
     max_sample_count: int = setting(1024, "largest Sample.count accepted", parse_int, "N")
     workers: int = setting(1, "server processes sharing --port (SO_REUSEPORT), each with its own "
-                           "sessions; auto (0) = one per usable core", parse_workers, "N|auto")
+                           "sessions; auto (0) = one per usable core", parse_count, "N|auto")
     grace_s: float = setting(10.0, "seconds in-flight requests get to finish after SIGTERM before "
                              "the server stops", parse_float, "S")
     log_level: str = setting("INFO", "logging level", parse_choice(LOG_LEVELS, upper=True))
@@ -135,8 +147,15 @@ class ServerConfig:
         """TLS on --port (the checks below make the key come with the certificate)."""
         return self.tls_cert_file is not None
 
+    def runner_instances(self, on_gpu: bool) -> int:
+        """--instances resolved: a GPU runs one batch at a time anyway; on CPU one batch per
+        intra-op thread keeps every core busy under load (docs/architecture.md, Instances)."""
+        if self.instances:
+            return self.instances
+        return 1 if on_gpu else self.intra_op_threads or usable_cores()
+
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_queue_rows", "instances", "max_sample_count")
+        positive = ("max_batch_size", "max_queue_rows", "max_sample_count")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
@@ -144,8 +163,9 @@ class ServerConfig:
                      "serial_below_rows", "grace_s", "max_message_bytes", "poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ConfigError(f"{_flag('workers')} must be auto or >= 1, got {self.workers}")
+        for name in ("workers", "instances"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{_flag(name)} must be auto or >= 1, got {getattr(self, name)}")
         if self.workers != 1 and self.port == 0:
             raise ConfigError(f"{_flag('workers')} needs a fixed --port: every worker binds the "
                               "same one")

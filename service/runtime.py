@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,12 @@ class OrtRunner:
         if device == "cuda" and self.provider != CUDA:
             raise ModelUnavailable(f"--device cuda: CUDA could not be initialised for {path.name} "
                                    f"(got {self.provider}); is a GPU visible to this process?")
-        self.serial_below_rows = serial_below_rows if (self.provider == CPU
-                                                       and intra_op_threads != 1) else 0
-        self.serial = _open_session(path, providers, 1) if self.serial_below_rows else None
+        threaded = self.provider == CPU and intra_op_threads != 1
+        self.serial_below_rows = serial_below_rows if threaded else 0
+        self.serial = _open_session(path, providers, 1) if threaded else None
+        self._running = 0
+        """Runs in progress (instances > 1 run batches side by side); guarded by _lock."""
+        self._lock = threading.Lock()
         self.inputs: Signature = {i.name: list(i.shape) for i in self.session.get_inputs()}
         self.outputs: Signature = {o.name: list(o.shape) for o in self.session.get_outputs()}
         self.input_name, self.output_names = input_name, output_names
@@ -80,8 +84,18 @@ class OrtRunner:
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch; on CUDA through I/O binding so each tensor crosses the bus once."""
-        session = (self.serial if self.serial is not None and len(batch) < self.serial_below_rows
-                   else self.session)
+        with self._lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            session = (self.serial if self.serial is not None
+                       and (not alone or len(batch) < self.serial_below_rows) else self.session)
+            return self._run_on(session, batch)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _run_on(self, session: ort.InferenceSession, batch: np.ndarray) -> list[np.ndarray]:
         if not self.io_binding:
             return list(session.run(self.output_names, {self.input_name: batch}))
         binding = session.io_binding()

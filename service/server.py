@@ -175,8 +175,10 @@ def message_limit_bytes(manifest: Manifest, config: ServerConfig) -> int:
 
 def max_admitted_calls(config: ServerConfig) -> int:
     """Calls the two graphs can hold at once (each holds a row, queued or running); the
-    server refuses more with RESOURCE_EXHAUSTED before reading further (docs/serving.md, Overload)."""
-    return 2 * (config.max_queue_rows + config.instances * config.max_batch_size)
+    server refuses more with RESOURCE_EXHAUSTED before reading further (docs/serving.md, Overload).
+    Sized before the provider is known, so with --instances auto for the CPU's count: never less."""
+    running_rows = config.runner_instances(on_gpu=False) * config.max_batch_size
+    return 2 * (config.max_queue_rows + running_rows)
 
 
 async def _serve_health_only(health: HealthServicer, config: ServerConfig,

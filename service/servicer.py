@@ -52,7 +52,8 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         m = version.manifest
         batching = vae_pb2.BatchingInfo(max_batch_size=c.max_batch_size,
                                         max_queue_delay_us=c.max_queue_delay_us,
-                                        max_queue_rows=c.max_queue_rows, instances=c.instances)
+                                        max_queue_rows=c.max_queue_rows,
+                                        instances=version.instances)
         return vae_pb2.ModelInfo(
             name=m.model_name, image_shape=m.image_shape, latent_dim=m.latent_dim,
             version=m.version, execution_provider=version.provider, batching=batching,

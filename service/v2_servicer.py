@@ -108,7 +108,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                  optional=s.optional) for s in model.inputs],
             output=[mc.ModelOutput(name=s.name, data_type=CONFIG_TYPE[s.datatype],
                                    dims=s.shape[skip:]) for s in model.outputs],
-            instance_group=[mc.ModelInstanceGroup(count=c.instances)],
+            instance_group=[mc.ModelInstanceGroup(count=self.plane.current.instances)],
             model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False))
         if model.batched:
             config.dynamic_batching.max_queue_delay_microseconds = c.max_queue_delay_us

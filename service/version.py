@@ -25,7 +25,7 @@ from service.repository import (
     read_manifest,
     verify_graphs,
 )
-from service.runtime import OrtRunner, Signature
+from service.runtime import CUDA, OrtRunner, Signature
 
 logger = logging.getLogger(__name__)
 WARMUP_BATCH_SIZES = (1, 8)
@@ -100,12 +100,13 @@ class ModelVersion:
         self.folder = graphs.folder
         self.number = graphs.manifest.version
         self.provider = graphs.decoder.provider
+        self.instances = config.runner_instances(on_gpu=self.provider == CUDA)
         self.leases = 0
         self.retired = False
         self._encoder, self._decoder = (
             DynamicBatcher(name, runner.run, max_batch_size=config.max_batch_size,
                            max_queue_delay_us=config.max_queue_delay_us,
-                           max_queue_rows=config.max_queue_rows, instances=config.instances,
+                           max_queue_rows=config.max_queue_rows, instances=self.instances,
                            inline_below_us=config.inline_below_us, observer=observers.get(name))
             for name, runner in (("encoder", graphs.encoder), ("decoder", graphs.decoder)))
 

@@ -20,17 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from service.config import ServerConfig
+from service.config import ServerConfig, usable_cores
 
 logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STARTUP_ERROR = 2
 """A worker's exit code for a bad setting or model: restarting cannot help, so all stop."""
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def worker_config(config: ServerConfig, workers: int) -> ServerConfig:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.batcher import DynamicBatcher
-from service.errors import DeadlineExpired, QueueFull
+from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 
 
 class Graph:
@@ -130,4 +130,50 @@ async def test_slow_batches_stay_off_the_event_loop() -> None:
     for _ in range(3):
         await batcher.submit(rows(2))
     assert all(name.startswith("ort-g") for name in graph.threads)
+    await batcher.close()
+
+
+class Rendezvous(Graph):
+    """A Graph whose batches each wait until `parties` batches run at once."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.together = threading.Barrier(parties, timeout=10)
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.together.wait()  # breaks, failing the batch, unless the batches overlap
+        return super().__call__(batch)
+
+
+async def test_instances_run_batches_side_by_side() -> None:
+    graph = Rendezvous(parties=2)
+    batcher = DynamicBatcher("g", graph, max_batch_size=4, instances=2)
+    (out,) = await batcher.submit(rows(8))  # two full batches, run at the same time
+    np.testing.assert_array_equal(out, rows(8) * 2)
+    assert graph.batches == [4, 4]
+    await batcher.close()
+
+
+async def test_close_lets_a_running_batch_finish_and_refuses_queued_rows() -> None:
+    batcher = DynamicBatcher("g", Graph(seconds=0.2), max_batch_size=2)
+    running = asyncio.create_task(batcher.submit(rows(2)))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.submit(rows(2)))
+    await asyncio.sleep(0)
+    await batcher.close()
+    np.testing.assert_array_equal((await running)[0], rows(2) * 2)
+    with pytest.raises(ModelUnavailable, match="shutting down"):
+        await queued
+
+
+async def test_a_free_instance_waits_for_rows_while_a_batch_runs() -> None:
+    graph = Graph(seconds=0.2)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, max_queue_delay_us=1_000,
+                             instances=2)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.sleep(0.05)  # the first batch runs; the queue is empty, one instance free
+    (out,) = await asyncio.wait_for(batcher.submit(rows(3)), 5)
+    np.testing.assert_array_equal(out, rows(3) * 2)
+    await first
+    assert graph.batches == [1, 3]
     await batcher.close()

@@ -38,7 +38,7 @@ def test_cli_turns_a_bad_value_into_one_line_and_exit_2(capsys, monkeypatch) -> 
     monkeypatch.setenv("VAE_SERVE_INSTANCES", "many")
     assert main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["vae-serve: error: VAE_SERVE_INSTANCES='many': expected an integer"]
+    assert err == ["vae-serve: error: VAE_SERVE_INSTANCES='many': expected an integer or auto"]
 
 
 def test_help_prints_each_default_once() -> None:

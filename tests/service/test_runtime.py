@@ -1,5 +1,8 @@
-"""The I/O-binding path (what CUDA uses) gives the plain path's bytes, here on CPU."""
+"""OrtRunner: every way it runs a batch (I/O binding, the single-threaded session) gives the
+same bytes, here on CPU."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +32,40 @@ def test_io_binding_equals_the_plain_run(model_repo: Path, graph: str, feed: str
     ("encoder.onnx", "x", ["mean", "log_var"]),
     ("decoder.onnx", "z", ["x_hat"]),
 ])
-def test_small_batches_on_the_single_threaded_session_give_the_same_bytes(
-        model_repo: Path, model: str, graph: str, feed: str, outputs: list[str]) -> None:
+@pytest.mark.parametrize("rows", [3, 40])
+def test_the_single_threaded_session_gives_the_threaded_sessions_bytes(
+        model_repo: Path, model: str, graph: str, feed: str, outputs: list[str],
+        rows: int) -> None:
     path = model_repo / model / "1" / graph
-    threaded = OrtRunner(path, "cpu", 2, feed, outputs)
-    split = OrtRunner(path, "cpu", 2, feed, outputs, serial_below_rows=4)
-    assert threaded.serial is None and split.serial is not None
-    tail = tuple(d for d in split.inputs[feed][1:] if isinstance(d, int))
-    batch = np.random.default_rng(0).random((3, *tail), dtype=np.float32)
+    threaded = OrtRunner(path, "cpu", 2, feed, outputs, serial_below_rows=0)
+    serial = OrtRunner(path, "cpu", 2, feed, outputs, serial_below_rows=64)
+    assert serial.serial is not None
+    tail = tuple(d for d in serial.inputs[feed][1:] if isinstance(d, int))
+    batch = np.random.default_rng(0).random((rows, *tail), dtype=np.float32)
     expected = threaded.run(batch)
-    got = split.run(batch)
+    got = serial.run(batch)
     assert [a.tobytes() for a in got] == [b.tobytes() for b in expected]
+
+
+def test_a_run_beside_another_takes_the_single_threaded_session(model_repo: Path) -> None:
+    """Two multi-threaded runs side by side would ask for twice the cores there are."""
+    runner = OrtRunner(model_repo / "vae" / "1" / "decoder.onnx", "cpu", 2, "z", ["x_hat"],
+                       serial_below_rows=0)
+    both_running = threading.Barrier(2, timeout=10)
+    used: list[bool] = []
+    run_on = runner._run_on
+
+    def record(session: object, batch: np.ndarray) -> list[np.ndarray]:
+        used.append(session is runner.serial)
+        if len(used) <= 2:
+            both_running.wait()  # breaks, failing the test, unless the two runs overlap
+        return run_on(session, batch)
+
+    runner._run_on = record  # type: ignore[method-assign]
+    batch = np.zeros((16, 8), np.float32)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(runner.run, [batch, batch]))
+    assert sorted(used) == [False, True]
+    assert results[0][0].tobytes() == results[1][0].tobytes()
+    runner.run(batch)
+    assert used[-1] is False  # alone again: the threaded session

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from service.client import VaeClient
+from service.config import usable_cores
 from service.server import RunningServer
 from service.tensors import to_array, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
@@ -55,6 +56,7 @@ async def test_model_info(stub) -> None:
     info = await stub.GetModelInfo(vae_pb2.GetModelInfoRequest())
     assert (list(info.image_shape), info.latent_dim, info.version) == ([1, 8, 8], 8, 1)
     assert info.execution_provider == "CPUExecutionProvider" and info.batching.max_batch_size == 64
+    assert info.batching.instances == usable_cores()  # --instances auto on CPU
 
 
 BAD = grpc.StatusCode.INVALID_ARGUMENT
