@@ -105,6 +105,8 @@ class DynamicBatcher:
         if self._queued_rows + rows > self.max_queue_rows:
             raise QueueFull(f"{self.name} queue full ({self._queued_rows} of "
                             f"{self.max_queue_rows} rows waiting); retry with backoff")
+        if self._idle() and rows <= self.max_batch_size and self._runs_inline(rows):
+            return self._run_now(batch, deadline_s)
         loop = asyncio.get_running_loop()
         chunks = [
             _Pending(batch[start : start + self.max_batch_size], deadline_s, loop.create_future())
@@ -192,12 +194,38 @@ class DynamicBatcher:
         else:
             self._fail(batch, err)
 
-    def _deliver(self, batch: list[_Pending], outputs: list[np.ndarray], seconds: float) -> None:
-        """Record the batch's compute time, then give each request its rows of the outputs."""
-        rows = sum(len(pending.rows) for pending in batch)
+    def _idle(self) -> bool:
+        """Nothing queued or running and no delay to wait out: a request is a batch alone."""
+        return not self._queue and not self._running and self._delay_s == 0
+
+    def _run_now(self, inputs: np.ndarray, deadline_s: float | None) -> list[np.ndarray]:
+        """Run a lone cheap request on the loop at once, skipping the queue.
+
+        What the queue would do in three turns of the event loop (wake the dispatcher, let
+        other handlers queue, wake this handler with the outputs) happens here in none, and
+        no rows were waiting that it could have joined.
+        """
+        if deadline_s is not None and time.monotonic() > deadline_s:
+            raise DeadlineExpired(f"deadline passed before the {self.name} ran; raise the "
+                                  "deadline or reduce load")
+        self._observer.waited(0.0)
+        try:
+            outputs, seconds = self._timed(inputs)
+        except Exception as err:
+            logger.error("%s: batch of %d rows failed", self.name, len(inputs), exc_info=err)
+            raise
+        self._record(len(inputs), seconds)
+        return outputs
+
+    def _record(self, rows: int, seconds: float) -> None:
+        """Smooth the compute time of this size class (for _runs_inline) and report it."""
         recent = self._compute_s.get(rows.bit_length(), seconds)
         self._compute_s[rows.bit_length()] = 0.8 * recent + 0.2 * seconds
         self._observer.executed(rows, seconds)
+
+    def _deliver(self, batch: list[_Pending], outputs: list[np.ndarray], seconds: float) -> None:
+        """Record the batch's compute time, then give each request its rows of the outputs."""
+        self._record(sum(len(pending.rows) for pending in batch), seconds)
         offset = 0
         for pending in batch:
             end = offset + len(pending.rows)

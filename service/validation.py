@@ -15,8 +15,8 @@ from service.errors import InvalidInput
 def check_batch(array: np.ndarray, field: str, item_shape: tuple[int, ...], unit_range: bool
                 ) -> np.ndarray:
     """A batch [N >= 1, *item_shape] of finite float32 values (in [0, 1] for images)."""
-    expected = "[N, " + ", ".join(str(v) for v in item_shape) + "]"
     if array.ndim != len(item_shape) + 1 or array.shape[1:] != item_shape:
+        expected = "[N, " + ", ".join(str(v) for v in item_shape) + "]"
         raise InvalidInput(f"{field}: shape {list(array.shape)} does not match {expected}")
     if array.shape[0] < 1:
         raise InvalidInput(f"{field}: empty batch (N = {array.shape[0]}); send at least one item")

@@ -177,3 +177,18 @@ async def test_a_free_instance_waits_for_rows_while_a_batch_runs() -> None:
     await first
     assert graph.batches == [1, 3]
     await batcher.close()
+
+
+async def test_a_lone_cheap_request_runs_at_once_with_deadline_and_failure_kept() -> None:
+    graph = ThreadRecorder()
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=50_000)
+    await batcher.submit(rows(2))  # measured in the pool: cheap from now on
+    with pytest.raises(DeadlineExpired, match="deadline passed"):
+        await batcher.submit(rows(2), deadline_s=time.monotonic() - 1)
+    with pytest.raises(ValueError, match="graph failed"):
+        await batcher.submit(np.full((2, 1), np.nan, np.float32))
+    (out,) = await batcher.submit(rows(3, start=5))
+    np.testing.assert_array_equal(out, rows(3, start=5) * 2)
+    assert graph.batches == [2, 2, 3]  # the expired request never reached the graph
+    assert graph.threads[1:] == [threading.current_thread().name] * 2
+    await batcher.close()
