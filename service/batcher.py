@@ -212,7 +212,7 @@ class DynamicBatcher:
         try:
             outputs, seconds = self._timed(inputs)
         except Exception as err:
-            logger.error("%s: batch of %d rows failed", self.name, len(inputs), exc_info=err)
+            self._log_failure(len(inputs), err)
             raise
         self._record(len(inputs), seconds)
         return outputs
@@ -233,10 +233,12 @@ class DynamicBatcher:
                 pending.future.set_result([out[offset:end] for out in outputs])
             offset = end
 
+    def _log_failure(self, rows: int, err: BaseException) -> None:
+        logger.error("%s: batch of %d rows failed", self.name, rows, exc_info=err)
+
     def _fail(self, batch: list[_Pending], err: BaseException) -> None:
         """The graph failed: fail this batch's requests and keep serving."""
-        logger.error("%s: batch of %d rows failed", self.name,
-                     sum(len(pending.rows) for pending in batch), exc_info=err)
+        self._log_failure(sum(len(pending.rows) for pending in batch), err)
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(err)

@@ -56,9 +56,11 @@ class OrtRunner:
     """One InferenceSession; `run` may be called from several threads at once (ORT allows it).
 
     Outputs are fetched by name, in the order of `output_names`, never by graph position.
-    On CPU, batches of fewer than `serial_below_rows` rows run on a second, single-threaded
-    session of the same graph: without spinning, every parallel section of a multi-threaded
-    run wakes a sleeping thread, which costs small batches more than the threads save.
+    On CPU a second, single-threaded session of the same graph takes two kinds of batch:
+    those of fewer than `serial_below_rows` rows (without spinning, every parallel section
+    of a multi-threaded run wakes a sleeping thread, which costs small batches more than
+    the threads save) and those that start while another run is in progress (two
+    multi-threaded runs side by side would ask for twice the cores there are).
     """
 
     def __init__(self, path: Path, device: str, intra_op_threads: int, input_name: str,

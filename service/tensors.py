@@ -34,7 +34,8 @@ def from_tensor(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
     if min(shape) < 0:
         raise InvalidInput(f"{field}: shape {list(shape)} has a negative dimension")
     needed = 4 * math.prod(shape)
-    if len(tensor.data) != needed:
-        raise InvalidInput(f"{field}: {len(tensor.data)} bytes of data; shape {list(shape)} "
+    data = tensor.data  # each read of a bytes field is a fresh copy
+    if len(data) != needed:
+        raise InvalidInput(f"{field}: {len(data)} bytes of data; shape {list(shape)} "
                            f"float32 needs {needed}")
-    return np.frombuffer(tensor.data, dtype=FLOAT32).reshape(shape)
+    return np.frombuffer(data, dtype=FLOAT32).reshape(shape)
