@@ -26,6 +26,14 @@ RunBatch = Callable[[np.ndarray], list[np.ndarray]]
 """Runs one batch [n, ...] and returns outputs with n rows each; called in a worker thread."""
 Timed = tuple[list[np.ndarray], float]
 """A batch's outputs and the seconds ONNX Runtime took for them."""
+LONE_INLINE_BELOW_S = 0.001
+"""A lone request of a size measured under this runs on the loop: the hand-off would cost
+it about 0.1 ms with nothing to overlap, and a call of the other graph arriving meanwhile
+waits at most this long (conv decoder at concurrency 1: p50 -0.15 ms, docs/benchmarks.md)."""
+LULL_S = 0.0002
+"""A graph that ran within this long is between two requests of a burst, not idle: under
+load the next request arrives within microseconds of the last batch's end, at low load
+after a client's whole round trip (0.3 ms and more on loopback)."""
 
 
 class BatchObserver(Protocol):
@@ -77,6 +85,9 @@ class DynamicBatcher:
         self.max_queue_rows = max_queue_rows
         self._delay_s = max_queue_delay_us / 1e6
         self._inline_below_s = inline_below_us / 1e6
+        self._lone_inline_below_s = (max(self._inline_below_s, LONE_INLINE_BELOW_S)
+                                     if inline_below_us else 0.0)
+        self._last_run_end_s = 0.0
         self._compute_s: dict[int, float] = {}
         """Recent ONNX Runtime seconds per batch-size class (rows.bit_length()), smoothed."""
         self._run_batch = run_batch
@@ -105,7 +116,8 @@ class DynamicBatcher:
         if self._queued_rows + rows > self.max_queue_rows:
             raise QueueFull(f"{self.name} queue full ({self._queued_rows} of "
                             f"{self.max_queue_rows} rows waiting); retry with backoff")
-        if self._idle() and rows <= self.max_batch_size and self._runs_inline(rows):
+        if (self._idle() and rows <= self.max_batch_size
+                and self._runs_inline(rows, self._lone_inline_below_s)):
             return self._run_now(batch, deadline_s)
         loop = asyncio.get_running_loop()
         chunks = [
@@ -141,8 +153,9 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._executor.shutdown(wait=True)
 
-    def _runs_inline(self, rows: int) -> bool:
-        """True when batches of this size measured cheaper than the hand-off to a thread.
+    def _runs_inline(self, rows: int, below_s: float | None = None) -> bool:
+        """True when batches of this size measured cheaper than the hand-off to a thread
+        (or than `below_s`).
 
         A thread hop costs the event loop a wake-up and a context switch (about 0.1 ms of
         CPU, measured in docs/benchmarks.md); a batch that computes in less runs on the loop.
@@ -150,7 +163,8 @@ class DynamicBatcher:
         timed in the thread that runs them, so the hop never counts as compute.
         """
         recent = self._compute_s.get(rows.bit_length())
-        return recent is not None and recent < self._inline_below_s
+        limit = self._inline_below_s if below_s is None else below_s
+        return recent is not None and recent < limit
 
     def _timed(self, inputs: np.ndarray) -> Timed:
         """Run one batch and time it where it runs: the hand-off is not compute."""
@@ -195,8 +209,9 @@ class DynamicBatcher:
             self._fail(batch, err)
 
     def _idle(self) -> bool:
-        """Nothing queued or running and no delay to wait out: a request is a batch alone."""
-        return not self._queue and not self._running and self._delay_s == 0
+        """Nothing queued, running or just finished, and no delay: a request is a batch alone."""
+        return (not self._queue and not self._running and self._delay_s == 0
+                and time.monotonic() - self._last_run_end_s > LULL_S)
 
     def _run_now(self, inputs: np.ndarray, deadline_s: float | None) -> list[np.ndarray]:
         """Run a lone cheap request on the loop at once, skipping the queue.
@@ -219,6 +234,7 @@ class DynamicBatcher:
 
     def _record(self, rows: int, seconds: float) -> None:
         """Smooth the compute time of this size class (for _runs_inline) and report it."""
+        self._last_run_end_s = time.monotonic()
         recent = self._compute_s.get(rows.bit_length(), seconds)
         self._compute_s[rows.bit_length()] = 0.8 * recent + 0.2 * seconds
         self._observer.executed(rows, seconds)

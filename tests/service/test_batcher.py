@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from service import batcher as batcher_module
 from service.batcher import DynamicBatcher
 from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 
@@ -179,7 +180,9 @@ async def test_a_free_instance_waits_for_rows_while_a_batch_runs() -> None:
     await batcher.close()
 
 
-async def test_a_lone_cheap_request_runs_at_once_with_deadline_and_failure_kept() -> None:
+async def test_a_lone_cheap_request_runs_at_once_with_deadline_and_failure_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batcher_module, "LULL_S", 0.0)  # every request here comes alone
     graph = ThreadRecorder()
     batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=50_000)
     await batcher.submit(rows(2))  # measured in the pool: cheap from now on
@@ -191,4 +194,20 @@ async def test_a_lone_cheap_request_runs_at_once_with_deadline_and_failure_kept(
     np.testing.assert_array_equal(out, rows(3, start=5) * 2)
     assert graph.batches == [2, 2, 3]  # the expired request never reached the graph
     assert graph.threads[1:] == [threading.current_thread().name] * 2
+    await batcher.close()
+
+
+async def test_a_lone_request_runs_on_the_loop_but_one_right_after_a_batch_queues(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the inline threshold yet under LONE_INLINE_BELOW_S: on the loop only after a lull."""
+    monkeypatch.setattr(batcher_module, "LULL_S", 0.05)
+    graph = ThreadRecorder(seconds=0.0003)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=100)
+    await batcher.submit(rows(1))  # measured in the pool: 0.3 ms
+    await asyncio.sleep(0.1)  # a lull: the graph is idle
+    await batcher.submit(rows(1))  # alone: on the loop
+    await batcher.submit(rows(1))  # right after a run, as under load: through the queue
+    loop_thread = threading.current_thread().name
+    assert graph.threads[0].startswith("ort-g") and graph.threads[1] == loop_thread
+    assert graph.threads[2].startswith("ort-g")
     await batcher.close()
