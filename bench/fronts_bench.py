@@ -17,9 +17,7 @@ at the defaults on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.load import GRAPH_OF
-from bench.serve_bench import Server, _free_port
+from bench.serve_bench import Server, free_port, run_load
 from service.help_format import DefaultsHelpFormatter
 from service.repository import published_versions, resolve_version
 
@@ -75,20 +73,14 @@ def load(server: Server, protocol: str, method: str, point: Point, seconds: floa
     """One load run; adds the CPU seconds the server spent on it, which a busy machine
     disturbs less than requests/s (bench.load reports its own as cpu_s)."""
     before = _cpu_s(server.proc.pid)
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{server.port}", "--protocol",
-         protocol, "--method", method, "--items", str(point.items), "--concurrency",
-         str(point.concurrency), "--seconds", str(seconds)],
-        capture_output=True, text=True, timeout=seconds + 120)
-    if out.returncode != 0:
-        raise RuntimeError(f"bench.load --protocol {protocol} failed: {out.stderr.strip()}")
-    result: dict[str, float] = json.loads(out.stdout)
+    result = run_load(server.port, method, point.items, point.concurrency, seconds,
+                      "--protocol", protocol)
     result["server_cpu_s"] = _cpu_s(server.proc.pid) - before
     return result
 
 
 def run(repo: Path, model: str, method: str, seconds: float, rounds: int) -> list[Point]:
-    port = _free_port()
+    port = free_port()
     server = Server([sys.executable, "-m", "service.cli", "--model-repo", str(repo), "--model-name",
                      model, "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1",
                      "--log-level", "WARNING"], port, None, health=True)

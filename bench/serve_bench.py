@@ -57,7 +57,7 @@ class Row:
     result: dict[str, float] = field(default_factory=dict)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -97,7 +97,7 @@ class Server:
 
 
 def vae_server(repo: Path, model: str, **settings: int) -> Server:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {f"--{k.replace('_', '-')}": str(v) for k, v in settings.items()}
     argv = [sys.executable, "-m", "service.cli", "--model-repo", str(repo), "--model-name", model,
             "--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "WARNING",
@@ -106,28 +106,39 @@ def vae_server(repo: Path, model: str, **settings: int) -> Server:
 
 
 def bare_server(image_shape: tuple[int, ...], latent_dim: int, items: int) -> Server:
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "bench.bare_server", "--port", str(port), "--image-shape",
             *map(str, image_shape), "--latent-dim", str(latent_dim), "--items", str(items)]
     return Server(argv, port, None, health=False)
 
 
 def kserve_server(folder: Path, model: str) -> Server:
-    port = _free_port()
+    port = free_port()
     argv = [str(KSERVE_PYTHON), "bench/kserve_peer.py", "--version-dir", str(folder), "--name",
             model, "--port", str(port)]
     return Server(argv, port, None, health=False)
 
 
+def run_load(port: int, method: str, items: int, concurrency: int, seconds: float,
+             *flags: str) -> dict[str, float]:
+    """One run of bench/load.py (its own process) against 127.0.0.1:port: its JSON line.
+
+    `flags` go to bench.load as they are (--protocol, --model, --connections)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{port}", "--method", method,
+         "--items", str(items), "--concurrency", str(concurrency), "--seconds", str(seconds),
+         *flags], capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.load {' '.join(flags)} failed: {out.stderr.strip()}")
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
 def load(server: Server, row: Row, seconds: float, model: str) -> None:
     graph = GRAPH_OF[row.method]
     before = server.batch_rows(graph)
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{server.port}", "--method",
-         row.method, "--items", str(row.items), "--concurrency", str(row.concurrency),
-         "--seconds", str(seconds), "--protocol", row.protocol, "--model", model],
-        capture_output=True, text=True, check=True, timeout=seconds + 120)
-    row.result = json.loads(out.stdout)
+    row.result = run_load(server.port, row.method, row.items, row.concurrency, seconds,
+                          "--protocol", row.protocol, "--model", model)
     after = server.batch_rows(graph)
     if after[1] > before[1]:
         row.result["mean_batch_rows"] = (after[0] - before[0]) / (after[1] - before[1])

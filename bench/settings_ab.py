@@ -13,13 +13,11 @@ per round as a markdown table. About rounds x settings x (points x --seconds + 5
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from bench.serve_bench import Server, _free_port
+from bench.serve_bench import Server, free_port, run_load
 from service.help_format import DefaultsHelpFormatter
 
 Point = tuple[str, int, int]
@@ -45,7 +43,7 @@ def parse_point(text: str) -> Point:
 
 
 def start(repo: Path, model: str, flags: list[str]) -> Server:
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "service.cli", "--model-repo", str(repo), "--model-name", model,
             "--port", str(port), "--metrics-port", "-1", "--log-level", "WARNING", *flags]
     return Server(argv, port, None, health=True)
@@ -53,13 +51,8 @@ def start(repo: Path, model: str, flags: list[str]) -> Server:
 
 def measure(server: Server, point: Point, seconds: float) -> tuple[float, float]:
     """(requests/s, p50 ms) of one load run."""
-    method, items, concurrency = point
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{server.port}", "--method",
-         method, "--items", str(items), "--concurrency", str(concurrency), "--seconds",
-         str(seconds)], capture_output=True, text=True, check=True, timeout=seconds + 120)
-    result = json.loads(out.stdout)
-    return float(result["requests_per_s"]), float(result["p50_ms"])
+    result = run_load(server.port, *point, seconds)
+    return result["requests_per_s"], result["p50_ms"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,13 +11,10 @@ a profile of the loop alone cannot show. Linux only. About 2 x (--seconds + 5 s)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from bench.serve_bench import bare_server, vae_server
+from bench.serve_bench import bare_server, run_load, vae_server
 from service.help_format import DefaultsHelpFormatter
 from service.repository import read_manifest, resolve_version
 
@@ -59,15 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         server = start()
         try:
             before = thread_cpu(server.proc.pid)
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{server.port}",
-                 "--method", args.method, "--items", str(args.items), "--concurrency",
-                 str(args.concurrency), "--seconds", str(args.seconds)],
-                capture_output=True, text=True, check=True, timeout=args.seconds + 120)
+            result = run_load(server.port, args.method, args.items, args.concurrency,
+                              args.seconds)
             after = thread_cpu(server.proc.pid)
         finally:
             server.stop()
-        result = json.loads(out.stdout)
         per_request = {tid: (name, (cpu - before.get(tid, (name, 0.0))[1]) / result["requests"])
                        for tid, (name, cpu) in after.items()}
         busy = sorted((us for us in per_request.values() if us[1] > 1e-6), key=lambda t: -t[1])

@@ -10,13 +10,11 @@ connections, not calls, over the workers) against each. About rounds x (2 x --se
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.serve_bench import vae_server
+from bench.serve_bench import run_load, vae_server
 from service.help_format import DefaultsHelpFormatter
 
 CONCURRENCY = 64
@@ -27,14 +25,11 @@ def requests_per_s(repo: Path, model: str, workers: int, seconds: float) -> floa
     server = vae_server(repo, model, workers=workers)
     time.sleep(2.0)  # health answers once the first worker is up; let every worker warm up
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{server.port}",
-             "--method", "Decode", "--items", "1", "--concurrency", str(CONCURRENCY),
-             "--connections", str(CONNECTIONS), "--seconds", str(seconds)],
-            capture_output=True, text=True, check=True, timeout=seconds + 120)
+        result = run_load(server.port, "Decode", 1, CONCURRENCY, seconds,
+                          "--connections", str(CONNECTIONS))
     finally:
         server.stop()
-    return float(json.loads(out.stdout)["requests_per_s"])
+    return result["requests_per_s"]
 
 
 def main(argv: list[str] | None = None) -> int:

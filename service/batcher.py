@@ -23,13 +23,15 @@ from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 
 logger = logging.getLogger(__name__)
 RunBatch = Callable[[np.ndarray], list[np.ndarray]]
-"""Runs one batch [n, ...] and returns outputs with n rows each; called in a worker thread."""
+"""Runs one batch [n, ...] and returns outputs with n rows each; called in a worker thread
+or, for batches measured cheap, on the event loop."""
 Timed = tuple[list[np.ndarray], float]
 """A batch's outputs and the seconds ONNX Runtime took for them."""
 LONE_INLINE_BELOW_S = 0.001
-"""A lone request of a size measured under this runs on the loop: the hand-off would cost
-it about 0.1 ms with nothing to overlap, and a call of the other graph arriving meanwhile
-waits at most this long (conv decoder at concurrency 1: p50 -0.15 ms, docs/benchmarks.md)."""
+"""A lone request of a size whose smoothed compute time is under this (or under the inline
+threshold, if higher) runs on the loop: the hand-off would cost it about 0.1 ms with nothing
+to overlap, and a call of the other graph arriving meanwhile waits about this long at most
+(conv decoder at concurrency 1: p50 -0.15 ms, docs/benchmarks.md)."""
 LULL_S = 0.0002
 """A graph that ran within this long is between two requests of a burst, not idle: under
 load the next request arrives within microseconds of the last batch's end, at low load
@@ -202,10 +204,9 @@ class DynamicBatcher:
         self._running.discard(running)
         self._free_instances.release()
         self._arrived.set()  # a batch waiting for this one to finish may start now
-        err = running.exception()
-        if err is None:
+        try:
             self._deliver(batch, *running.result())
-        else:
+        except (Exception, asyncio.CancelledError) as err:  # the graph failed: fail the batch
             self._fail(batch, err)
 
     def _idle(self) -> bool:

@@ -56,7 +56,8 @@ class OrtRunner:
     """One InferenceSession; `run` may be called from several threads at once (ORT allows it).
 
     Outputs are fetched by name, in the order of `output_names`, never by graph position.
-    On CPU a second, single-threaded session of the same graph takes two kinds of batch:
+    On CPU a second, single-threaded session of the same graph (opened only when one of
+    them can happen: `serial_below_rows` > 0, or `side_by_side` runs) takes two kinds of batch:
     those of fewer than `serial_below_rows` rows (without spinning, every parallel section
     of a multi-threaded run wakes a sleeping thread, which costs small batches more than
     the threads save) and those that start while another run is in progress (two
@@ -65,7 +66,7 @@ class OrtRunner:
 
     def __init__(self, path: Path, device: str, intra_op_threads: int, input_name: str,
                  output_names: list[str], io_binding: bool | None = None,
-                 serial_below_rows: int = 0) -> None:
+                 serial_below_rows: int = 0, side_by_side: bool = False) -> None:
         providers = choose_providers(device)
         self.session = _open_session(path, providers, intra_op_threads)
         self.provider = self.session.get_providers()[0]
@@ -74,7 +75,8 @@ class OrtRunner:
                                    f"(got {self.provider}); is a GPU visible to this process?")
         threaded = self.provider == CPU and intra_op_threads != 1
         self.serial_below_rows = serial_below_rows if threaded else 0
-        self.serial = _open_session(path, providers, 1) if threaded else None
+        self.serial = (_open_session(path, providers, 1)
+                       if threaded and (serial_below_rows or side_by_side) else None)
         self._running = 0
         """Runs in progress (instances > 1 run batches side by side); guarded by _lock."""
         self._lock = threading.Lock()

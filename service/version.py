@@ -63,9 +63,11 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
         raise ManifestError(f"{folder / 'manifest.json'}: states version {manifest.version} but "
                             f"lies in folder {folder.name}; publish versions with vae-export")
     verify_graphs(folder, manifest)
+    side_by_side = config.runner_instances(on_gpu=False) > 1  # a GPU opens no second session
     runners = {graph: OrtRunner(folder / file, config.device, config.intra_op_threads,
                                 manifest.inputs[graph], manifest.outputs[graph],
-                                serial_below_rows=config.serial_below_rows)
+                                serial_below_rows=config.serial_below_rows,
+                                side_by_side=side_by_side)
                for graph, file in GRAPH_FILES.items()}
     image: tuple[int, ...] = tuple(manifest.image_shape)
     latent = (manifest.latent_dim,)

@@ -180,13 +180,20 @@ async def test_a_free_instance_waits_for_rows_while_a_batch_runs() -> None:
     await batcher.close()
 
 
-async def test_a_lone_cheap_request_runs_at_once_with_deadline_and_failure_kept(
+@pytest.fixture
+def lone_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any measured size runs on the loop when alone, however slow this machine is today."""
+    monkeypatch.setattr(batcher_module, "LONE_INLINE_BELOW_S", 1.0)
+
+
+@pytest.mark.usefixtures("lone_on_the_loop")
+async def test_a_lone_request_runs_at_once_with_deadline_and_failure_kept(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batcher_module, "LULL_S", 0.0)  # every request here comes alone
-    graph = ThreadRecorder()
-    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=50_000)
-    await batcher.submit(rows(2))  # measured in the pool: cheap from now on
-    with pytest.raises(DeadlineExpired, match="deadline passed"):
+    graph = ThreadRecorder(seconds=0.002)  # through the queue it would run in the pool
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000)
+    await batcher.submit(rows(2))  # measured in the pool
+    with pytest.raises(DeadlineExpired, match="before the g ran"):
         await batcher.submit(rows(2), deadline_s=time.monotonic() - 1)
     with pytest.raises(ValueError, match="graph failed"):
         await batcher.submit(np.full((2, 1), np.nan, np.float32))
@@ -197,17 +204,30 @@ async def test_a_lone_cheap_request_runs_at_once_with_deadline_and_failure_kept(
     await batcher.close()
 
 
+@pytest.mark.usefixtures("lone_on_the_loop")
 async def test_a_lone_request_runs_on_the_loop_but_one_right_after_a_batch_queues(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above the inline threshold yet under LONE_INLINE_BELOW_S: on the loop only after a lull."""
     monkeypatch.setattr(batcher_module, "LULL_S", 0.05)
-    graph = ThreadRecorder(seconds=0.0003)
-    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=100)
-    await batcher.submit(rows(1))  # measured in the pool: 0.3 ms
+    graph = ThreadRecorder(seconds=0.002)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000)
+    await batcher.submit(rows(1))  # measured in the pool
     await asyncio.sleep(0.1)  # a lull: the graph is idle
     await batcher.submit(rows(1))  # alone: on the loop
     await batcher.submit(rows(1))  # right after a run, as under load: through the queue
     loop_thread = threading.current_thread().name
     assert graph.threads[0].startswith("ort-g") and graph.threads[1] == loop_thread
     assert graph.threads[2].startswith("ort-g")
+    await batcher.close()
+
+
+async def test_beside_a_running_batch_only_a_full_one_starts() -> None:
+    graph = Graph(seconds=0.2)
+    batcher = DynamicBatcher("g", graph, max_batch_size=4, instances=2)
+    first = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.sleep(0.05)  # the first batch runs; one instance is free
+    second = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.sleep(0.05)  # one row queued: not a full batch, so it waits
+    third = asyncio.create_task(batcher.submit(rows(1)))
+    await asyncio.gather(first, second, third)
+    assert graph.batches == [1, 2]
     await batcher.close()

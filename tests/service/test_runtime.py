@@ -38,6 +38,7 @@ def test_the_single_threaded_session_gives_the_threaded_sessions_bytes(
         rows: int) -> None:
     path = model_repo / model / "1" / graph
     threaded = OrtRunner(path, "cpu", 2, feed, outputs, serial_below_rows=0)
+    assert threaded.serial is None  # nothing would ever run on it
     serial = OrtRunner(path, "cpu", 2, feed, outputs, serial_below_rows=64)
     assert serial.serial is not None
     tail = tuple(d for d in serial.inputs[feed][1:] if isinstance(d, int))
@@ -50,7 +51,7 @@ def test_the_single_threaded_session_gives_the_threaded_sessions_bytes(
 def test_a_run_beside_another_takes_the_single_threaded_session(model_repo: Path) -> None:
     """Two multi-threaded runs side by side would ask for twice the cores there are."""
     runner = OrtRunner(model_repo / "vae" / "1" / "decoder.onnx", "cpu", 2, "z", ["x_hat"],
-                       serial_below_rows=0)
+                       serial_below_rows=0, side_by_side=True)
     both_running = threading.Barrier(2, timeout=10)
     used: list[bool] = []
     run_on = runner._run_on
