@@ -155,9 +155,9 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._executor.shutdown(wait=True)
 
-    def _runs_inline(self, rows: int, below_s: float | None = None) -> bool:
-        """True when batches of this size measured cheaper than the hand-off to a thread
-        (or than `below_s`).
+    def _runs_inline(self, rows: int, limit_s: float) -> bool:
+        """True when batches of this size measured under `limit_s`: the inline threshold, or
+        the wider one for a lone request.
 
         A thread hop costs the event loop a wake-up and a context switch (about 0.1 ms of
         CPU, measured in docs/benchmarks.md); a batch that computes in less runs on the loop.
@@ -165,8 +165,7 @@ class DynamicBatcher:
         timed in the thread that runs them, so the hop never counts as compute.
         """
         recent = self._compute_s.get(rows.bit_length())
-        limit = self._inline_below_s if below_s is None else below_s
-        return recent is not None and recent < limit
+        return recent is not None and recent < limit_s
 
     def _timed(self, inputs: np.ndarray) -> Timed:
         """Run one batch and time it where it runs: the hand-off is not compute."""
@@ -188,7 +187,7 @@ class DynamicBatcher:
                 self._free_instances.release()
                 continue
             inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-            if not self._runs_inline(len(inputs)):
+            if not self._runs_inline(len(inputs), self._inline_below_s):
                 running = loop.run_in_executor(self._executor, self._timed, inputs)
                 self._running.add(running)
                 running.add_done_callback(functools.partial(self._finished, batch))

@@ -88,12 +88,14 @@ class OrtRunner:
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch; on CUDA through I/O binding so each tensor crosses the bus once."""
+        if self.serial is None:  # one session: nothing to choose, nothing to count
+            return self._run_on(self.session, batch)
         with self._lock:
             alone = self._running == 0
             self._running += 1
         try:
-            session = (self.serial if self.serial is not None
-                       and (not alone or len(batch) < self.serial_below_rows) else self.session)
+            session = (self.serial if not alone or len(batch) < self.serial_below_rows
+                       else self.session)
             return self._run_on(session, batch)
         finally:
             with self._lock:

@@ -35,14 +35,16 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ModelConfig:
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        shape = fields.get("image_shape", cls.image_shape)
-        assert isinstance(shape, list | tuple)
-        fields["image_shape"] = tuple(int(v) for v in shape)
+        fields["image_shape"] = _int_tuple(fields.get("image_shape", cls.image_shape))
         # Runs written before decoder_layers existed had one layer at half size.
-        layers = fields.get("decoder_layers", LEGACY_DECODER_LAYERS)
-        assert isinstance(layers, list | tuple)
-        fields["decoder_layers"] = tuple(int(v) for v in layers)
+        fields["decoder_layers"] = _int_tuple(fields.get("decoder_layers", LEGACY_DECODER_LAYERS))
         return cls(**fields)  # type: ignore[arg-type]
+
+
+def _int_tuple(value: object) -> tuple[int, ...]:
+    """A JSON list (or a default tuple) as the tuple of ints the dataclass holds."""
+    assert isinstance(value, list | tuple)
+    return tuple(int(v) for v in value)
 
 
 LEGACY_DECODER_LAYERS = (0, 1)
@@ -164,8 +166,12 @@ def _upsample(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.PixelShuffle(2))
 
 
-def _conv_bn_silu(channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.SiLU()]
+def _conv_bn_silu(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1
+                  ) -> list[nn.Module]:
+    """Convolution (padding 1), batch norm, SiLU: spread into a Sequential, so state_dict
+    keys stay flat indices."""
+    return [nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=1),
+            nn.BatchNorm2d(out_channels), nn.SiLU()]
 
 
 def _subpixel(config: ModelConfig) -> VAE:
@@ -182,9 +188,9 @@ def _subpixel(config: ModelConfig) -> VAE:
     grid = (k, h // 4, w // 4)
     flat = k * (h // 4) * (w // 4)
     body = nn.Sequential(
-        nn.Conv2d(c, k, 3, padding=1), nn.BatchNorm2d(k), nn.SiLU(),
-        nn.Conv2d(k, k, 4, stride=2, padding=1), nn.BatchNorm2d(k), nn.SiLU(),
-        nn.Conv2d(k, k, 4, stride=2, padding=1), nn.BatchNorm2d(k), nn.SiLU(),
+        *_conv_bn_silu(c, k),
+        *_conv_bn_silu(k, k, kernel=4, stride=2),
+        *_conv_bn_silu(k, k, kernel=4, stride=2),
         nn.Flatten(),
         nn.Linear(flat, config.hidden_dim), nn.SiLU(),
     )
@@ -192,9 +198,9 @@ def _subpixel(config: ModelConfig) -> VAE:
         nn.Linear(config.latent_dim, config.hidden_dim), nn.SiLU(),
         nn.Linear(config.hidden_dim, flat), nn.SiLU(),
         nn.Unflatten(1, grid),
-        *[layer for _ in range(quarter) for layer in _conv_bn_silu(k)],
+        *[layer for _ in range(quarter) for layer in _conv_bn_silu(k, k)],
         _upsample(k, k), nn.BatchNorm2d(k), nn.SiLU(),
-        *[layer for _ in range(half) for layer in _conv_bn_silu(k)],
+        *[layer for _ in range(half) for layer in _conv_bn_silu(k, k)],
         _upsample(k, c),
     )
     return VAE(_GaussianHeads(body, config.hidden_dim, config.latent_dim), decoder, config)
