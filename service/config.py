@@ -230,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     """One flag per field; values stay text here and are parsed by the field's own parser."""
     parser = argparse.ArgumentParser(
         prog="vae-serve",
-        description="Serve a VAE from the model repository over gRPC (vae.v1.VaeService, "
-        "health, reflection) with dynamic batching and Prometheus metrics. Every flag can "
-        "also be set by its VAE_SERVE_* environment variable; a flag wins over the variable.",
+        description="Serve a VAE from the model repository over gRPC, on one port: "
+        "vae.v1.VaeService and the KServe v2 protocol (inference.GRPCInferenceService, for "
+        "tritonclient and perf_analyzer), with health, reflection, dynamic batching and "
+        "Prometheus metrics. Every flag can also be set by its VAE_SERVE_* environment "
+        "variable; a flag wins over the variable.",
     )
     for f in fields(ServerConfig):
         meta = f.metadata

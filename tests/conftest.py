@@ -21,6 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 """The team's folder beside a checkout (MNIST files, ghz, grpcurl); tests needing it skip without it."""
 SHARED_DATA = SHARED / "data"
+
+
+def data_dir(dataset: str) -> Path:
+    """Where a dataset's IDX files are: data/DATASET in the checkout (where the README says to
+    put them), else the team's shared copy; tests needing them skip when neither has them."""
+    own = ROOT / "data" / dataset
+    return own if own.is_dir() else SHARED_DATA / dataset
+
+
 SHARED_TOOLS = SHARED / "tools" / "bin"
 DIGITS_EPOCHS = 30
 

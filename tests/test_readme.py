@@ -23,7 +23,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ROOT, SHARED_DATA, SHARED_TOOLS, free_port
+from tests.conftest import ROOT, SHARED_TOOLS, data_dir, free_port
 
 README = (ROOT / "README.md").read_text()
 MNIST_SECTION = "## MNIST end to end"
@@ -94,7 +94,7 @@ class Walk:
             if words.startswith("make serve"):
                 self._flush(script)
                 self.serve(words)
-            elif words.split()[0] in ("grpcurl", "ghz") and not self._has(words.split()[0]):
+            elif words.split()[0] in ("grpcurl", "ghz", "protoc") and not self._has(words.split()[0]):
                 self.not_run.append(words)
             else:
                 script.append(self.command(line))
@@ -167,16 +167,21 @@ def test_readme_walks_from_install_to_calls(walk: Walk) -> None:
         "evaluation"]["psnr"]["gaussian:0.2"]
     assert psnr["vae"] > max(psnr["noisy"], psnr["pca"]) + 1, "the quick-start model must denoise"
     assert {"grid.png", "noisy.png", "clean.png", "codes.npz"} <= {p.name for p in walk.folder.iterdir()}
+    assert any("(4, 1, 8, 8) from version 1" in out for out in walk.log), "tritonclient's recipe"
+    if "protoc" not in " ".join(walk.not_run):
+        assert (walk.folder / "vae" / "v1" / "vae_grpc.pb.go").is_file(), "the Go line"
     if walk.not_run:
         pytest.skip(f"every other README command ran; no grpcurl/ghz for: {walk.not_run}")
 
 
 @pytest.mark.mnist
 def test_readme_mnist_path_serves_an_mnist_model(walk: Walk) -> None:
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"no MNIST IDX files in {SHARED_DATA / 'mnist'}")
-    (walk.folder / "data").mkdir()
-    (walk.folder / "data" / "mnist").symlink_to(SHARED_DATA / "mnist")
+    mnist = data_dir("mnist")
+    if not mnist.is_dir():
+        pytest.skip(f"no MNIST IDX files in {mnist}")
+    (walk.folder / "data").mkdir(exist_ok=True)
+    if not (walk.folder / "data" / "mnist").exists():
+        (walk.folder / "data" / "mnist").symlink_to(mnist)
     # One epoch, not ten: the same commands and code path in a minute instead of ten
     # (docs/benchmarks.md has the ten-epoch numbers).
     walk.extra_env["MNIST_EPOCHS"] = "1"

@@ -183,6 +183,13 @@ def env_names() -> set[str]:
     return {env_name(f.name) for f in fields(ServerConfig)}
 
 
+def test_server_env_sets_every_setting() -> None:
+    """deploy.md says the ConfigMap holds every VAE_SERVE_* variable: one line per field."""
+    lines = (ROOT / "deploy" / "k8s" / "base" / "server.env").read_text().splitlines()
+    names = [line.split("=", 1)[0] for line in lines if line.strip()]
+    assert sorted(names) == sorted(env_names()), "add the missing settings to server.env"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_agreement(rendered: dict[str, tuple[Path, list[Obj]]], overlay: str) -> None:
     """The manifests agree with the server: ports, health names, variables, metrics."""

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import data_dir
 from training.data import load_digits, load_splits, read_idx_images, write_idx_images
 from training.errors import UsageError
 
@@ -57,7 +57,7 @@ def test_digits_splits_are_fixed_disjoint_and_scaled() -> None:
 
 @pytest.mark.mnist
 def test_real_mnist_files() -> None:
-    folder = SHARED_DATA / "mnist"
+    folder = data_dir("mnist")
     if not (folder / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST IDX files not found in {folder}")
     splits = load_splits("mnist", folder)
