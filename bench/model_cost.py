@@ -1,5 +1,5 @@
 """What each MNIST model costs to serve: parameters and raw ONNX Runtime encoder and decoder
-throughput at batch 1 and 64, all measured in one run (the serving benchmark's ceilings).
+throughput at batch 1, 64 and 256, all measured in one run (the serving benchmark's ceilings).
 
 python -m bench.model_cost --seconds 2 --rounds 3 --out bench/out/model-cost.md
 
@@ -28,8 +28,8 @@ from training.model import ModelConfig, build_model
 
 CONFIGS = {
     "mlp (PyTorch example: latent 20, hidden 400)": ModelConfig("mlp", (1, 28, 28), 20, 400),
-    "conv (first MNIST model: channels 32)": ModelConfig("conv", (1, 28, 28), 32, 512, 32),
-    "subpixel32 (previous default: channels 32, layers 0,1)": ModelConfig(
+    "conv (channels 32)": ModelConfig("conv", (1, 28, 28), 32, 512, 32),
+    "subpixel32 (channels 32, layers 0,1)": ModelConfig(
         "subpixel", (1, 28, 28), 32, 512, 32, (0, 1)),
     "subpixel (default: channels 16, layers 1,3)": ModelConfig(
         "subpixel", (1, 28, 28), 32, 512, 16, (1, 3)),
@@ -37,7 +37,7 @@ CONFIGS = {
 """Latent 32 and hidden 512 for all but the mlp."""
 BATCH_SIZES = (1, 64, 256)
 BASELINE = next(k for k in CONFIGS if k.startswith("conv"))
-"""The decoder the default replaced: the speed-up column compares with its best batch."""
+"""The conv decoder: the speed-up column compares each decoder with its best batch."""
 
 
 def measure(seconds: float, rounds: int) -> list[str]:

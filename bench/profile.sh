@@ -2,8 +2,8 @@
 # py-spy profile of the server's event loop under load (docs/benchmarks.md, "Where the time goes").
 # Usage: bash bench/profile.sh REPO MODEL OUT [SRC]
 #   METHOD, ITEMS, CONCURRENCY (default Decode, 1, 64) shape the load.
-#   Serves REPO/MODEL from the checkout SRC (default: this one; a `git worktree` of an older
-#   commit gives the "before"), drives it with bench/load.py (
+#   Serves REPO/MODEL from the checkout SRC (default: this one; a `git worktree` of another
+#   commit profiles that code), drives it with bench/load.py (
 #   8 connections, 12 s) and records 8 s of the GIL-holding thread with py-spy into OUT
 #   (raw collapsed stacks). Then: .venv/bin/python -m bench.profile_summary OUT
 # Needs py-spy (.venv/bin/pip install py-spy) and ptrace rights (root, or

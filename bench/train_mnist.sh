@@ -2,7 +2,7 @@
 # Training benchmark of docs/benchmarks.md: MNIST and Fashion-MNIST runs, then k=5000 likelihoods.
 # First the default model (subpixel, as make train-mnist), its denoising and binarised
 # twins and the binarised twin's k=5000 likelihood on all 10,000 test images; then the
-# previous default (32 channels) and the earlier conv and mlp runs the tables compare with.
+# 32-channel subpixel and the conv and mlp runs the tables compare with.
 # Usage: bash bench/train_mnist.sh [RUNS_DIR] DATA_DIR
 #    or: DATA_DIR=FOLDER bash bench/train_mnist.sh [RUNS_DIR]
 #   RUNS_DIR  where the run folders go (default runs/bench)
@@ -39,7 +39,7 @@ train "$runs/mnist-subpixel-binary" --dataset mnist --data-dir "$data/mnist" "${
 grep -q '"iwae_images": 10000' "$runs/mnist-subpixel-binary/metrics.json" ||
   .venv/bin/vae-train evaluate "$runs/mnist-subpixel-binary" --iwae-samples 5000 --eval-images 10000
 
-# The previous default, twice the channels and one layer fewer: the trade-off table's row.
+# The 32-channel subpixel, twice the channels and one layer fewer: the trade-off table's row.
 train "$runs/mnist-subpixel32" --dataset mnist --data-dir "$data/mnist" "${subpixel[@]}" \
   --epochs 10 --channels 32 --decoder-layers 0,1
 
