@@ -71,7 +71,7 @@ def _date(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def check_certificate(cert: bytes, cert_file: Path, now_s: float) -> Certificate:
+def _check_certificate(cert: bytes, cert_file: Path, now_s: float) -> Certificate:
     """Refuse what grpc's handshake fails on although OpenSSL loads it: a key type grpc cannot
     use, a date outside the certificate's validity."""
     try:
@@ -95,7 +95,7 @@ def check_certificate(cert: bytes, cert_file: Path, now_s: float) -> Certificate
 def load_configuration(cert_file: Path, key_file: Path, client_ca_file: Path | None
                        ) -> tuple[grpc.ServerCertificateConfiguration, Certificate]:
     """Read and check the PEM files (with the standard ssl module, which grpc lacks a call for,
-    then check_certificate); the configuration and the certificate it serves."""
+    then _check_certificate); the configuration and the certificate it serves."""
     cert, key = _read(cert_file, "--tls-cert-file"), _read(key_file, "--tls-key-file")
     client_ca = None if client_ca_file is None else _read(client_ca_file, "--tls-client-ca-file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -117,7 +117,7 @@ def load_configuration(cert_file: Path, key_file: Path, client_ca_file: Path | N
         except (ssl.SSLError, ValueError) as err:
             raise CertificateError(f"--tls-client-ca-file {client_ca_file}: no PEM CA "
                                    f"certificate in it ({_ssl_reason(err)})") from None
-    leaf = check_certificate(cert, cert_file, time.time())
+    leaf = _check_certificate(cert, cert_file, time.time())
     return (grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca),
             leaf)
 
@@ -136,7 +136,7 @@ class CertificateReloader:
         self._serving(leaf)
         self._retry_at_s: float | None = None
         self._lock = threading.Lock()
-        for result in ("loaded", "refused"):
+        for result in ("loaded", "refused"):  # both series from the start, for increase()
             metrics.reloads.labels(result)
 
     def _serving(self, leaf: Certificate) -> None:

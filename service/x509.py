@@ -35,7 +35,7 @@ class Certificate:
     not_after_s: float
     """Unix time; the certificate is valid from not_before_s until not_after_s."""
     key_type: str
-    """"RSA", "ECDSA P-256", "Ed448", ...; "OID 1.2.3" for one KEY_TYPES does not name."""
+    """Its public key's type as KEY_TYPES names it ("RSA", "ECDSA P-256"), else "OID 1.2.3"."""
 
 
 def _element(der: bytes, at: int) -> tuple[int, int, int]:

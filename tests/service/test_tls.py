@@ -316,10 +316,10 @@ async def test_rotation_refuses_what_the_handshake_cannot_use_and_keeps_the_old_
 
 async def test_a_certificate_not_valid_yet_is_taken_when_it_becomes_valid(
         start_server: StartServer, pki: Pki, live_pair: Pair, tmp_path: Path) -> None:
+    running = await start_server(**tls_settings(live_pair))
     valid_from_s = int(time.time()) + 6
     soon = make_dated_leaf(tmp_path, "soon", pki.ca, time.strftime(
         "%Y%m%d%H%M%SZ", time.gmtime(valid_from_s)), "20500101000000Z")
-    running = await start_server(**tls_settings(live_pair))
     replace_files(soon, live_pair)
     assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-1"
     await asyncio.sleep(max(0.0, valid_from_s + 1 - time.time()))
