@@ -17,6 +17,8 @@ METRIC_NAMES = (
     "vae_items_total",
     "vae_model_info",
     "vae_model_loads_total",
+    "vae_tls_certificate_expiry_timestamp_seconds",
+    "vae_tls_reloads_total",
 )
 """Stable names: dashboards, the HPA and the k8s checks depend on them."""
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -57,6 +59,20 @@ class Metrics:
                                 multiprocess_mode="livemax")
         self.model_loads = Counter("vae_model_loads", "New model versions tried while serving, "
                                    "by result (loaded, refused)", ["result"], registry=registry)
+
+
+class TlsMetrics:
+    """The certificate on --port; created only with TLS, so a plaintext server has neither.
+
+    With --workers the expiry is the earliest among live workers (each reloads on its own).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.expiry = Gauge("vae_tls_certificate_expiry_timestamp_seconds",
+                            "notAfter of the TLS certificate served on --port, in Unix time",
+                            registry=registry, multiprocess_mode="livemin")
+        self.reloads = Counter("vae_tls_reloads", "Changed TLS files tried while serving, by "
+                               "result (loaded, refused)", ["result"], registry=registry)
 
 
 class GraphObserver:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from service.config import ServerConfig
 from service.dataplane import DataPlane
 from service.inference import grpc_service_pb2
-from service.metrics import Metrics, serve_metrics
+from service.metrics import Metrics, TlsMetrics, serve_metrics
 from service.ports import require_free_port
 from service.repository import Manifest, resolve_version
 from service.servicer import VaeServicer
@@ -100,7 +100,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     credentials = None
     if config.tls_cert_file is not None and config.tls_key_file is not None:
         credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
-                                         config.tls_client_ca_file)
+                                         config.tls_client_ca_file, TlsMetrics(registry))
     if config.workers == 1:  # with workers the parent checked, and the port is shared
         require_free_port(config.host, config.port, "--port")
     if config.tls and config.health_port > 0:

@@ -1,6 +1,7 @@
 """TLS and mutual TLS on the real server, the plaintext health-only port, certificate rotation
-without a restart, the client's TLS flags and its retry policy. Certificates come from the
-openssl CLI (EC P-256, so they take milliseconds)."""
+without a restart, refusing what grpc's handshake cannot use, the expiry metric, the client's
+TLS flags and its retry policy. Certificates come from the openssl CLI (EC P-256 unless a test
+needs another key, so they take milliseconds)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +21,30 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from service import client as client_cli
 from service.cli import main as serve_main
 from service.client import RETRY_POLICY, VaeClient
 from service.config import ConfigError, ServerConfig
 from service.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from service.metrics import TlsMetrics
 from service.server import RunningServer
 from service.tls import CertificateError, server_credentials
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import StartServer
+from tests.conftest import StartServer, spawn_server
+from tests.service.test_operations import scrape
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
 EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+KEYS = {"secp256k1": ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1", "-nodes"),
+        "P-521": ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521", "-nodes"),
+        "Ed25519": ("-newkey", "ed25519", "-nodes"), "Ed448": ("-newkey", "ed448", "-nodes")}
+"""Keys OpenSSL (and so Python's ssl) serves, and grpc cannot: its BoringSSL does not load the
+secp256k1 and Ed448 ones; grpc clients cannot verify a P-521 or Ed25519 server's signature."""
+DAYS = "30"
+"""Long enough that no certificate but the one made to be short warns about its expiry."""
 SERVER_EXT = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
 CLIENT_EXT = "extendedKeyUsage=clientAuth\n"
 LEAF_EXT = ("basicConstraints=critical,CA:FALSE\nsubjectKeyIdentifier=hash\n"
@@ -52,21 +64,48 @@ def openssl(*args: str | Path) -> None:
 
 def make_ca(folder: Path, name: str) -> Pair:
     pair = Pair(folder / f"{name}.crt", folder / f"{name}.key")
-    openssl("req", "-x509", *EC_KEY, "-keyout", pair.key, "-out", pair.cert, "-days", "2",
+    openssl("req", "-x509", *EC_KEY, "-keyout", pair.key, "-out", pair.cert, "-days", DAYS,
             "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     return pair
 
 
-def make_leaf(folder: Path, name: str, ca: Pair, serial: int, ext: str) -> Pair:
+def make_leaf(folder: Path, name: str, ca: Pair, serial: int, ext: str,
+              key: tuple[str, ...] = EC_KEY, days: str = DAYS) -> Pair:
     """A certificate CN=name signed by ca; ext: its subjectAltName and extendedKeyUsage."""
     pair = Pair(folder / f"{name}.crt", folder / f"{name}.key")
     csr, ext_file = folder / f"{name}.csr", folder / f"{name}.ext"
     ext_file.write_text(ext + LEAF_EXT)
-    openssl("req", "-new", *EC_KEY, "-keyout", pair.key, "-out", csr, "-subj", f"/CN={name}")
+    openssl("req", "-new", *key, "-keyout", pair.key, "-out", csr, "-subj", f"/CN={name}")
     openssl("x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-set_serial",
-            str(serial), "-days", "2", "-extfile", ext_file, "-out", pair.cert)
+            str(serial), "-days", days, "-extfile", ext_file, "-out", pair.cert)
     return pair
+
+
+def make_dated_leaf(folder: Path, name: str, ca: Pair, start: str, end: str) -> Pair:
+    """A server certificate CN=name valid from start to end (YYYYMMDDHHMMSSZ): OpenSSL 3.0 sets
+    notBefore only in `openssl ca`, which wants a config and a database."""
+    pair = Pair(folder / f"{name}.crt", folder / f"{name}.key")
+    csr, ext_file, index = (folder / f"{name}.{s}" for s in ("csr", "ext", "index"))
+    config, serial = folder / f"{name}.cnf", folder / f"{name}.serial"
+    ext_file.write_text(SERVER_EXT + LEAF_EXT)
+    index.write_text("")
+    serial.write_text("0A\n")
+    config.write_text(f"[ca]\ndefault_ca = dated\n[dated]\ndatabase = {index}\n"
+                      f"new_certs_dir = {folder}\nserial = {serial}\ndefault_md = sha256\n"
+                      "policy = any\n[any]\ncommonName = supplied\n")
+    openssl("req", "-new", *EC_KEY, "-keyout", pair.key, "-out", csr, "-subj", f"/CN={name}")
+    openssl("ca", "-batch", "-config", config, "-notext", "-in", csr, "-cert", ca.cert,
+            "-keyfile", ca.key, "-startdate", start, "-enddate", end, "-extfile", ext_file,
+            "-out", pair.cert)
+    return pair
+
+
+def not_after_s(cert: Path) -> float:
+    """notAfter as openssl prints it, in Unix time."""
+    done = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-enddate"],
+                          capture_output=True, text=True, check=True)
+    return float(ssl.cert_time_to_seconds(done.stdout.strip().removeprefix("notAfter=")))
 
 
 @dataclass(frozen=True)
@@ -79,16 +118,32 @@ class Pki:
     other_ca: Pair
     other_client: Pair
     """Signed by other_ca, which the server does not trust."""
+    unusable: dict[str, Pair]
+    """Server certificates from ca that grpc's handshake fails on, by what is wrong: a KEYS
+    name, "expired" or "not yet valid"."""
+    longer: Pair
+    """A server certificate (CN vae-serve-3) valid for longer than the others."""
+    short: Pair
+    """A server certificate valid for one day only."""
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
     ca, other_ca = make_ca(folder, "test-ca"), make_ca(folder, "other-ca")
+    unusable = {name: make_leaf(folder, name, ca, 10 + i, SERVER_EXT, key)
+                for i, (name, key) in enumerate(KEYS.items())}
+    unusable["expired"] = make_dated_leaf(folder, "expired", ca, "20200101000000Z",
+                                          "20200201000000Z")
+    unusable["not yet valid"] = make_dated_leaf(folder, "future", ca, "20500101000000Z",
+                                                "20500201000000Z")
     return Pki(ca=ca, server=make_leaf(folder, "vae-serve-1", ca, 1, SERVER_EXT),
                rotated=make_leaf(folder, "vae-serve-2", ca, 2, SERVER_EXT),
                client=make_leaf(folder, "client", ca, 3, CLIENT_EXT), other_ca=other_ca,
-               other_client=make_leaf(folder, "other-client", other_ca, 4, CLIENT_EXT))
+               other_client=make_leaf(folder, "other-client", other_ca, 4, CLIENT_EXT),
+               unusable=unusable, longer=make_leaf(folder, "vae-serve-3", ca, 5, SERVER_EXT,
+                                                   days="60"),
+               short=make_leaf(folder, "short", ca, 6, SERVER_EXT, days="1"))
 
 
 def tls_settings(server: Pair, client_ca: Pair | None = None) -> dict[str, object]:
@@ -242,6 +297,63 @@ async def test_a_bad_rotation_keeps_the_old_certificate_and_warns_once(
     assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-2"
 
 
+@pytest.mark.parametrize("unusable", [*KEYS, "expired", "not yet valid"])
+async def test_rotation_refuses_what_the_handshake_cannot_use_and_keeps_the_old_certificate(
+        start_server: StartServer, pki: Pki, live_pair: Pair, unusable: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    running = await start_server(**tls_settings(live_pair), metrics_port=0)
+    replace_files(pki.unusable[unusable], live_pair)
+    for _ in range(2):  # new connections, each asks for the certificate again
+        async with secure_channel(running.port, pki.ca) as channel:
+            assert (await model_info(channel)).version == 1
+    assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-1"
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "service.tls" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "refused" in warnings[0], warnings
+    assert "keeping the previous certificate" in warnings[0], warnings
+    assert scrape(running.metrics_port)[("vae_tls_reloads_total", (("result", "refused"),))] == 1
+
+
+async def test_a_certificate_not_valid_yet_is_taken_when_it_becomes_valid(
+        start_server: StartServer, pki: Pki, live_pair: Pair, tmp_path: Path) -> None:
+    running = await start_server(**tls_settings(live_pair))
+    valid_from_s = int(time.time()) + 6
+    soon = make_dated_leaf(tmp_path, "soon", pki.ca, time.strftime(
+        "%Y%m%d%H%M%SZ", time.gmtime(valid_from_s)), "20500101000000Z")
+    replace_files(soon, live_pair)
+    assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-1"
+    await asyncio.sleep(max(0.0, valid_from_s + 1 - time.time()))
+    assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "soon"
+
+
+async def test_metrics_show_the_expiry_of_the_certificate_in_use(
+        start_server: StartServer, pki: Pki, live_pair: Pair) -> None:
+    running = await start_server(**tls_settings(live_pair), metrics_port=0)
+    expiry = ("vae_tls_certificate_expiry_timestamp_seconds", ())
+    assert scrape(running.metrics_port)[expiry] == not_after_s(pki.server.cert)
+    replace_files(pki.unusable["expired"], live_pair)
+    assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-1"
+    assert scrape(running.metrics_port)[expiry] == not_after_s(pki.server.cert)
+    replace_files(pki.longer, live_pair)
+    assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-3"
+    metrics = scrape(running.metrics_port)
+    assert metrics[expiry] == not_after_s(pki.longer.cert) > not_after_s(pki.server.cert)
+    assert [metrics[("vae_tls_reloads_total", (("result", result),))]
+            for result in ("loaded", "refused")] == [1, 1]
+
+
+async def test_plaintext_server_has_no_tls_metrics(start_server: StartServer) -> None:
+    running = await start_server(metrics_port=0)
+    assert not [name for name, _ in scrape(running.metrics_port) if name.startswith("vae_tls")]
+
+
+async def test_a_certificate_close_to_its_expiry_warns_at_start(
+        start_server: StartServer, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    await start_server(**tls_settings(pki.short))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "service.tls"]
+    assert len(warnings) == 1 and "expires on" in warnings[0] and "renew it" in warnings[0]
+
+
 # --- start-up: settings and files ---------------------------------------------------------
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -273,16 +385,23 @@ def test_tls_settings_from_the_environment() -> None:
     ("foreign_key", "--tls-key-file {d}/other-client.key: not a PEM private key of the "
      "certificate in {d}/vae-serve-1.crt"),
     ("garbage_ca", "--tls-client-ca-file {d}/garbage: no PEM CA certificate in it"),
+    ("P-521", "--tls-cert-file {d}/P-521.crt: grpc's TLS (BoringSSL) cannot use its ECDSA P-521 "
+     "key; use an RSA (2048 bits or more), ECDSA P-256 or ECDSA P-384 key"),
+    ("Ed25519", "cannot use its Ed25519 key"),
+    ("expired", "--tls-cert-file {d}/expired.crt: expired on 2020-02-01 00:00:00 UTC"),
+    ("not yet valid", "--tls-cert-file {d}/future.crt: not valid before 2050-01-01 00:00:00 UTC"),
 ])
 def test_unusable_files_stop_the_start_in_one_line(pki: Pki, broken: str, message: str) -> None:
     folder = pki.ca.cert.parent
     (folder / "garbage").write_text("-----BEGIN CERTIFICATE-----\nnope\n")
     cert, key, ca = pki.server.cert, pki.server.key, pki.ca.cert
+    if broken in pki.unusable:
+        cert, key = pki.unusable[broken].cert, pki.unusable[broken].key
     cert = {"missing_cert": folder / "missing.crt", "garbage_cert": folder / "garbage"}.get(broken, cert)
     key = pki.other_client.key if broken == "foreign_key" else key
     ca = folder / "garbage" if broken == "garbage_ca" else ca
     with pytest.raises(CertificateError) as caught:
-        server_credentials(cert, key, ca)
+        server_credentials(cert, key, ca, TlsMetrics(CollectorRegistry()))
     assert message.format(d=folder) in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -296,6 +415,25 @@ def test_serve_exits_2_with_one_line_on_a_bad_certificate(pki: Pki, tmp_path: Pa
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"vae-serve: error: --tls-cert-file {garbage}: no PEM certificate in it "
                    "(no start line: cadata does not contain a certificate)"], err
+
+
+@pytest.mark.parametrize("key", ["secp256k1", "Ed448"])
+async def test_serve_exits_2_with_one_line_on_a_key_grpc_cannot_load(
+        model_repo: Path, pki: Pki, key: str) -> None:
+    pair = pki.unusable[key]
+    process, _ = await spawn_server(model_repo, stderr=asyncio.subprocess.PIPE,
+                                    tls_cert_file=str(pair.cert), tls_key_file=str(pair.key),
+                                    health_port="-1")
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    key_type = {"secp256k1": "ECDSA secp256k1", "Ed448": "Ed448"}[key]
+    assert (process.returncode, err.decode().strip().splitlines()) == (2, [
+        f"vae-serve: error: --tls-cert-file {pair.cert}: grpc's TLS (BoringSSL) cannot use its "
+        f"{key_type} key; use an RSA (2048 bits or more), ECDSA P-256 or ECDSA P-384 key"])
 
 
 # --- the client: TLS flags and the retry policy ---------------------------------------------
