@@ -41,11 +41,16 @@ class ModelSignature:
         replace this one for every client."""
         return [f"{name} {_shown(getattr(candidate, name))}, {this} has {_shown(getattr(self, name))}"
                 for name in ("model_name", "image_shape", "latent_dim", "inputs", "outputs")
-                if _shown(getattr(candidate, name)) != _shown(getattr(self, name))]
+                if _plain(getattr(candidate, name)) != _plain(getattr(self, name))]
+
+
+def _plain(value: Any) -> Any:
+    """A tuple as a list, so (1, 8, 8) equals [1, 8, 8]; dicts compare without key order."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _shown(value: Any) -> str:
-    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+    return repr(dict(sorted(value.items())) if isinstance(value, dict) else _plain(value))
 
 
 class ManifestError(ValueError):

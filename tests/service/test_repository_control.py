@@ -96,7 +96,7 @@ async def test_a_refused_load_changes_nothing(start_server: StartServer, live_re
     assert running.plane.current.number == 3 and not (live_repo / "vae" / "pin.json").exists()
 
 
-async def test_a_load_survives_a_restart_and_version_0_unpins(
+async def test_a_load_survives_a_restart_and_an_empty_load_unpins(
         start_server: StartServer, live_repo: Path, variant_runs: list[Path]) -> None:
     await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
     first = await start_server(model_repo=live_repo, poll_interval_s=0, **CONTROL)
@@ -104,7 +104,8 @@ async def test_a_load_survives_a_restart_and_version_0_unpins(
     await first.stop(1.0)
     second = await start_server(model_repo=live_repo, poll_interval_s=0, **CONTROL)
     restarted_on = second.plane.current.number
-    unpinned = await _call(second.port, "RepositoryModelLoad", _load(0), ADMIN)
+    unpinned = await _call(second.port, "RepositoryModelLoad",
+                           pb.RepositoryModelLoadRequest(model_name="vae"), ADMIN)
     assert restarted_on == 1 and unpinned[0] == grpc.StatusCode.OK
     assert second.plane.current.number == 2 and not (live_repo / "vae" / "pin.json").exists()
 
