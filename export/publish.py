@@ -20,8 +20,11 @@ from export.onnx_export import OPSET, export_graphs
 from service.repository import (
     DECODER,
     ENCODER,
+    INPUT_NAMES,
     MANIFEST,
+    OUTPUT_NAMES,
     Manifest,
+    ModelSignature,
     published_versions,
     read_manifest,
     sha256_file,
@@ -62,18 +65,19 @@ def _choose_version(repo: Path, model_name: str, version: int | None) -> int:
 
 
 def _require_same_signature(repo: Path, model_name: str, run: Run) -> None:
-    """A model's versions share one image shape and latent size: clients rely on it."""
+    """A model's versions share one signature (the server refuses another): clients rely on it."""
     existing = published_versions(repo, model_name)
     if not existing:
         return
     latest = read_manifest(repo / model_name / str(existing[-1]))
     config = run.model.config
-    if tuple(latest.image_shape) != tuple(config.image_shape) or latest.latent_dim != config.latent_dim:
+    candidate = ModelSignature(model_name, config.image_shape, config.latent_dim,
+                               dict(INPUT_NAMES), {g: list(n) for g, n in OUTPUT_NAMES.items()})
+    changes = latest.signature.differences(candidate, str(repo / model_name / str(existing[-1])))
+    if changes:
         raise UsageError(
-            f"{repo / model_name} serves images {list(latest.image_shape)} with latent "
-            f"{latest.latent_dim}; {run.path} has images {list(config.image_shape)} with latent "
-            f"{config.latent_dim}. Publish it as another model: --model NAME (e.g. --model "
-            f"{run.config['dataset']})")
+            f"{run.path} has {'; '.join(changes)}. Publish it as another model: --model NAME "
+            f"(e.g. --model {run.config['dataset']})")
 
 
 def _prepare_repo(repo: Path, model_name: str) -> Path:

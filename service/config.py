@@ -68,6 +68,33 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+@dataclass(frozen=True)
+class HeaderCredential:
+    """A gRPC metadata key and the value a caller must send with it; the value never shows."""
+
+    key: str
+    value: str = field(repr=False)
+
+
+_HEADER_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def parse_header_credential(text: str) -> HeaderCredential | None:
+    """KEY=VALUE, as gRPC metadata: a lower-case key, a printable ASCII value; empty = unset."""
+    if not text.strip():
+        return None
+    key, equals, value = text.strip().partition("=")
+    if not equals:
+        raise ValueError("expected KEY=VALUE")
+    if not key or not set(key) <= _HEADER_KEY_CHARS or key.startswith("grpc-") or \
+            key.endswith("-bin"):
+        raise ValueError("KEY must be lower-case a-z, 0-9, '-', '_', '.', not start with 'grpc-' "
+                         "nor end with '-bin' (gRPC metadata keys)")
+    if not value or not all(" " <= c <= "~" for c in value):
+        raise ValueError("VALUE must not be empty and must be printable ASCII")
+    return HeaderCredential(key, value)
+
+
 def parse_choice(choices: Sequence[str], upper: bool = False) -> Parser:
     def parse(text: str) -> str:
         value = text.strip().upper() if upper else text.strip().lower()
@@ -138,6 +165,15 @@ class ServerConfig:
     tls_client_ca_file: Path | None = setting(None, "PEM CA certificates: mutual TLS, clients "
                                               "must present a certificate signed by one",
                                               parse_optional_path, "PATH")
+    # Repository control (docs/serving.md, "Who may change what is served").
+    repository_control: bool = setting(False, "on: v2 RepositoryModelLoad/Unload may change the "
+                                       "served version, for callers sending "
+                                       "--repository-control-header; off: they are refused "
+                                       "(RepositoryIndex answers either way)", parse_bool,
+                                       "on|off")
+    repository_control_header: HeaderCredential | None = setting(
+        None, "KEY=VALUE: the gRPC metadata header a repository-control call must carry; a "
+        "secret: give it by the environment variable", parse_header_credential, "KEY=VALUE")
     health_port: int = setting(50052, "plaintext port serving only grpc.health.v1.Health, for "
                                "Kubernetes probes, while TLS is on; 0 picks a free port, -1 "
                                "turns it off; unused without TLS", parse_int, "PORT")
@@ -172,6 +208,7 @@ class ServerConfig:
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("--port and --metrics-port must be within 0..65535")
         self._check_tls()
+        self._check_repository_control()
 
     def _check_tls(self) -> None:
         """Which TLS settings go together; the files themselves are read by service/tls.py."""
@@ -188,6 +225,16 @@ class ServerConfig:
         if self.tls and self.port != 0 and self.health_port == self.port:
             raise ConfigError(f"{_flag('health_port')} must differ from --port ({self.port}): "
                               "the health port is plaintext")
+
+    def _check_repository_control(self) -> None:
+        """Control on means control for the holders of a credential, never for anyone."""
+        header = _flag("repository_control_header")
+        if self.repository_control and self.repository_control_header is None:
+            raise ConfigError(f"--repository-control on needs {header}: only callers sending "
+                              "that header may change the served version")
+        if self.repository_control_header is not None and not self.repository_control:
+            raise ConfigError(f"{header} goes with --repository-control on "
+                              f"({env_name('repository_control')}=on)")
 
     @classmethod
     def from_args(

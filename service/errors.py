@@ -27,3 +27,7 @@ class NotFound(ServiceError):
 
 class FailedPrecondition(ServiceError):
     """The request cannot be done in the server's present state (e.g. unloading the only model)."""
+
+
+class Unauthenticated(ServiceError):
+    """The call needs a credential the caller did not send (repository control's header)."""

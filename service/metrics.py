@@ -58,7 +58,8 @@ class Metrics:
                                 ["version", "provider"], registry=registry,
                                 multiprocess_mode="livemax")
         self.model_loads = Counter("vae_model_loads", "New model versions tried while serving, "
-                                   "by result (loaded, refused)", ["result"], registry=registry)
+                                   "by result (loaded, refused; error: a rescan "
+                                   "of the repository that failed)", ["result"], registry=registry)
 
 
 class TlsMetrics:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ENCODER = "encoder.onnx"
@@ -22,12 +24,45 @@ OUTPUT_NAMES = {"encoder": ["mean", "log_var"], "decoder": ["x_hat"]}
 """Tensor names of the contract; the server fetches outputs by these names, never by position."""
 
 
+@dataclass(frozen=True)
+class ModelSignature:
+    """What every client of a model relies on; all versions of one model share it."""
+
+    model_name: str
+    image_shape: tuple[int, int, int]
+    latent_dim: int
+    inputs: dict[str, str]
+    """Graph -> its input name."""
+    outputs: dict[str, list[str]]
+    """Graph -> its output names."""
+
+    def differences(self, candidate: ModelSignature, this: str) -> list[str]:
+        """What `candidate` changes, "FIELD VALUE, `this` has VALUE" each; [] when it may
+        replace this one for every client."""
+        return [f"{name} {_shown(getattr(candidate, name))}, {this} has {_shown(getattr(self, name))}"
+                for name in ("model_name", "image_shape", "latent_dim", "inputs", "outputs")
+                if _plain(getattr(candidate, name)) != _plain(getattr(self, name))]
+
+
+def _plain(value: Any) -> Any:
+    """A tuple as a list, so (1, 8, 8) equals [1, 8, 8]; dicts compare without key order."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _shown(value: Any) -> str:
+    return repr(dict(sorted(value.items())) if isinstance(value, dict) else _plain(value))
+
+
 class ManifestError(ValueError):
     """A manifest that is missing, unreadable or not of this schema; says which field."""
 
 
 class IntegrityError(ValueError):
     """A graph whose bytes do not match the sha256 its manifest records."""
+
+
+class SignatureError(ValueError):
+    """A version whose signature differs from the served one: every client would break."""
 
 
 class GraphError(ValueError):
@@ -59,6 +94,11 @@ class Manifest:
     outputs: dict[str, list[str]] = field(
         default_factory=lambda: {graph: list(names) for graph, names in OUTPUT_NAMES.items()})
     """Graph -> its output names (absent in older manifests: the contract's names)."""
+
+    @property
+    def signature(self) -> ModelSignature:
+        return ModelSignature(self.model_name, self.image_shape, self.latent_dim, self.inputs,
+                              self.outputs)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -141,11 +181,27 @@ def verify_graphs(version_dir: Path, manifest: Manifest) -> None:
 
 
 def published_versions(repo: Path, model_name: str) -> list[int]:
-    """Published versions, ascending; only all-digit folder names count (never a temp folder)."""
+    """Published versions, ascending: folders named by a canonical version. A dot-folder
+    (vae-export's work in progress) is skipped silently, any other folder with one warning."""
     folder = repo / model_name
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = []
+    for path in folder.iterdir():
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        number = parse_canonical_version(path.name)
+        if number is not None:
+            versions.append(number)
+        elif path not in _IGNORED:
+            _IGNORED.add(path)
+            logger.warning("ignoring %s: not a version folder (versions are 1, 2, 3, ... "
+                           "without leading zeros)", path)
+    return sorted(versions)
+
+
+_IGNORED: set[Path] = set()
+"""Folders already warned about: one warning per folder and process, not one per rescan."""
 
 
 def resolve_version(repo: Path, model_name: str, version: int) -> Path:
@@ -159,3 +215,15 @@ def resolve_version(repo: Path, model_name: str, version: int) -> Path:
         raise ManifestError(f"model {model_name!r} has no version {version} in {repo}; "
                             f"published: {versions}")
     return repo / model_name / str(chosen)
+
+
+MAX_VERSION_DIGITS = 18
+"""Every canonical version fits an int64 (KServe's version fields, our proto's)."""
+
+
+def parse_canonical_version(text: str) -> int | None:
+    """The version `text` names ("1", "2", ... ASCII digits, no leading zero), or None."""
+    if 0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit() and \
+            text[0] != "0":
+        return int(text)
+    return None

@@ -30,7 +30,7 @@ from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
 from service.vae.v1 import vae_pb2
 from service.version import load_graphs
-from service.watcher import VersionWatcher
+from service.watcher import VersionWatcher, starting_version
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
@@ -105,7 +105,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
         require_free_port(config.host, config.port, "--port")
     if config.tls and config.health_port > 0:
         require_free_port(config.host, config.health_port, "--health-port")
-    folder = resolve_version(config.model_repo, config.model_name, config.model_version)
+    folder = resolve_version(config.model_repo, config.model_name, starting_version(config))
     plane = DataPlane(config, metrics, await asyncio.to_thread(load_graphs, folder, config))
     limit = config.max_message_bytes or message_limit_bytes(plane.current.manifest, config)
     max_calls = max_admitted_calls(config)

@@ -26,6 +26,7 @@ from service.errors import (
     ModelUnavailable,
     NotFound,
     QueueFull,
+    Unauthenticated,
 )
 from service.metrics import Metrics
 
@@ -37,6 +38,7 @@ STATUS_OF = {
     ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 """Exception class -> gRPC status; anything else is INTERNAL and logged with its traceback."""
 

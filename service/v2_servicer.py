@@ -6,6 +6,8 @@ wire decoding are in service/v2_models.py; errors and metrics in service/status.
 
 from __future__ import annotations
 
+import hmac
+import logging
 from importlib import metadata
 from typing import Any, TypeAlias
 
@@ -13,7 +15,7 @@ import grpc
 import numpy as np
 
 from service.dataplane import DataPlane
-from service.errors import FailedPrecondition, NotFound
+from service.errors import FailedPrecondition, NotFound, Unauthenticated
 from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
 from service.inference import model_config_pb2 as mc
@@ -31,6 +33,7 @@ from service.v2_models import (
 )
 from service.watcher import VersionWatcher
 
+logger = logging.getLogger(__name__)
 SERVER_NAME = "vae-serve"
 EXTENSIONS = ("model_repository", "model_configuration", "schedule_policy")
 """What this server implements beyond the core protocol (as ServerMetadata lists it)."""
@@ -167,18 +170,44 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc("RepositoryModelLoad", items=lambda r: 0)
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Context
                                   ) -> pb.RepositoryModelLoadResponse:
+        self._check_control("RepositoryModelLoad", context)
         self._check_repository_name(request.model_name)
-        await self.watcher.load(requested_version(request.parameters))
+        version = requested_version(request.parameters)
+        await self.watcher.load(version)
+        logger.info("RepositoryModelLoad from %s: %s, serving %s", context.peer(),
+                    f"pinned version {version}" if version else "pin removed",
+                    self.plane.current.label)
         return pb.RepositoryModelLoadResponse()
 
     @rpc("RepositoryModelUnload", items=lambda r: 0)
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
                                     context: Context) -> pb.RepositoryModelUnloadResponse:
+        self._check_control("RepositoryModelUnload", context)
         self._check_repository_name(request.model_name)
         raise FailedPrecondition(
             f"{request.model_name} is the only model this server serves; unloading it would leave "
             "nothing to serve. Load another version instead (RepositoryModelLoad with parameter "
             "'version'), or stop the server")
+
+    def _check_control(self, method: str, context: Context) -> None:
+        """Only the operator changes what is served: off unless turned on, then only for
+        callers sending the configured header (compared in constant time)."""
+        config = self.plane.config
+        credential = config.repository_control_header
+        if not config.repository_control or credential is None:
+            raise FailedPrecondition(
+                f"{method}: repository control is off on this server: the repository and "
+                "--model-version decide what is served. The operator turns it on with "
+                "--repository-control on (VAE_SERVE_REPOSITORY_CONTROL) and a credential "
+                "header (--repository-control-header)")
+        expected = credential.value.encode()
+        sent = [value for key, value in context.invocation_metadata() or () if key == credential.key]
+        if not any(isinstance(value, str) and hmac.compare_digest(value.encode(), expected)
+                   for value in sent):
+            raise Unauthenticated(
+                f"{method} changes what this server serves: send the metadata header "
+                f"{credential.key!r} with the value its operator configured (tritonclient: "
+                f"headers={{{credential.key!r}: ...}}, grpcurl: -H '{credential.key}: ...')")
 
     def _check_repository_name(self, name: str) -> None:
         """Load and unload take the repository model (vae) or any of its v2 model names."""

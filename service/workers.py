@@ -24,6 +24,8 @@ from service.config import ServerConfig, usable_cores
 
 logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STATUS_ENV = "VAE_WORKERS_STATUS_DIR"
+"""Set for the workers: a folder where each reports the version it serves (service/watcher.py)."""
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STARTUP_ERROR = 2
 """A worker's exit code for a bad setting or model: restarting cannot help, so all stop."""
@@ -57,6 +59,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT; 0 when every worker drained and exited 0."""
         folder = tempfile.mkdtemp(prefix="vae-serve-metrics-")
         os.environ[MULTIPROC_ENV] = folder  # before prometheus_client is imported anywhere
+        os.environ[STATUS_ENV] = tempfile.mkdtemp(prefix="vae-serve-workers-")
         for slot in range(self.workers):
             self._fork(slot)
         metrics = self._serve_metrics(folder) if self.config.metrics_port >= 0 else None

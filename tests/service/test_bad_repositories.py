@@ -8,15 +8,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.repository import sha256_file
-from tests.conftest import ROOT
+from tests.conftest import ROOT, StartServer
 
 
-def _manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
+def _manifest(folder: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+    return data
 
 
 def _rewrite_hashes(folder: Path) -> None:
@@ -96,3 +98,27 @@ def test_bad_repository_is_one_line_and_exit_2(model_repo: Path, tmp_path: Path,
     done = _serve(repo)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert message in done.stderr and str(repo / "vae" / "1") in done.stderr
+
+
+def _with_odd_folders(model_repo: Path, tmp_path: Path) -> Path:
+    """vae/1 beside folders that are no versions: `²` passes str.isdigit, `002` reads as 2."""
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")
+    for name in ("²", "002", "-1", "1e3"):
+        shutil.copytree(model_repo / "vae" / "1", repo / "vae" / name)
+    return repo
+
+
+async def test_a_server_starts_beside_odd_folders(model_repo: Path, tmp_path: Path,
+                                                  start_server: StartServer) -> None:
+    running = await start_server(model_repo=_with_odd_folders(model_repo, tmp_path))
+    assert running.plane.current.number == 1
+
+
+def test_vae_export_publishes_beside_odd_folders(model_repo: Path, digits_run: Path,
+                                                 tmp_path: Path) -> None:
+    repo = _with_odd_folders(model_repo, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "export.cli", str(digits_run), "--repo", str(repo)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert (repo / "vae" / "2" / "manifest.json").is_file()

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from service.config import HeaderCredential
 from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
 from service.server import RunningServer, build_server
@@ -42,7 +43,10 @@ async def triton_run(model_repo: Path, tmp_path_factory: pytest.TempPathFactory
               "z": rng.standard_normal((3, 8)).astype(np.float32),
               "zs": rng.standard_normal((64, 8)).astype(np.float32)}
     np.savez(folder / "inputs.npz", **inputs)
-    running = await build_server(server_config(model_repo, max_batch_size=16))
+    credential = HeaderCredential("x-vae-admin", "s3cret")  # as tritonclient_calls.ADMIN
+    running = await build_server(server_config(model_repo, max_batch_size=16,
+                                               repository_control=True,
+                                               repository_control_header=credential))
     client = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.service.tritonclient_calls", str(running.port), "vae",
         str(folder / "inputs.npz"), str(folder), cwd=ROOT, stderr=asyncio.subprocess.PIPE)
@@ -113,6 +117,7 @@ def test_response_echoes_id_names_version_and_honours_the_output_subset(triton_r
     ("unload", "FAILED_PRECONDITION", "only model this server serves"),
     ("load_missing", "NOT_FOUND", "has no version 99"),
     ("load_newest", "OK", ""),
+    ("load_without_header", "UNAUTHENTICATED", "send the metadata header 'x-vae-admin'"),
     ("statistics", "UNIMPLEMENTED", "does not implement ModelStatistics"),
 ])
 def test_errors_have_codes_and_messages(triton_run: TritonRun, case: str, code: str,

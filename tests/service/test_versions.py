@@ -8,58 +8,22 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.server import RunningServer
 from service.tensors import to_array, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from service.version import prior_latents
 from tests.conftest import StartServer, spawn_server
+from tests.service.conftest import publish
 
 CLIENTS = 32
 POLL_S = 0.1
-
-
-@pytest.fixture(scope="session")
-def variant_runs(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Three runs with other weights than digits_run (the weights nudged, seeds 1..3)."""
-    import torch
-
-    runs = []
-    for seed in (1, 2, 3):
-        run = shutil.copytree(digits_run, tmp_path_factory.mktemp("variants") / f"run{seed}")
-        state = torch.load(run / "model.pt", weights_only=True)
-        generator = torch.Generator().manual_seed(seed)
-        nudged = {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in state.items()}
-        torch.save(nudged, run / "model.pt")
-        runs.append(run)
-    return runs
-
-
-@pytest.fixture
-def live_repo(model_repo: Path, tmp_path: Path) -> Path:
-    """A repository holding only vae/1, which the test then publishes into."""
-    repo = tmp_path / "live"
-    shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")
-    return repo
-
-
-def publish(run: Path, repo: Path, version: int, tamper: bool = False) -> Path:
-    """vae-export into a staging repository, optionally edit a graph, then move it in atomically."""
-    from export.cli import main
-
-    staging = repo.parent / f"staging-{version}"
-    assert main([str(run), "--repo", str(staging), "--version", str(version)]) == 0
-    folder = staging / "vae" / str(version)
-    if tamper:
-        blob = bytearray((folder / "decoder.onnx").read_bytes())
-        blob[-10] ^= 0xFF
-        (folder / "decoder.onnx").write_bytes(bytes(blob))
-    (repo / "vae").mkdir(parents=True, exist_ok=True)
-    return folder.rename(repo / "vae" / str(version))
 
 
 class Reference:
@@ -262,21 +226,148 @@ async def test_a_copied_folder_whose_manifest_names_another_version_is_refused(
 
 async def test_v2_repository_load_pins_a_version_and_an_empty_load_follows_the_newest(
         start_server: StartServer, live_repo: Path, variant_runs: list[Path]) -> None:
+    from service.config import HeaderCredential
     from service.inference import grpc_service_pb2 as pb
     from service.inference import grpc_service_pb2_grpc as pb_grpc
 
-    running = await start_server(model_repo=live_repo, poll_interval_s=POLL_S)
+    admin = HeaderCredential("x-vae-admin", "s3cret")
+    running = await start_server(model_repo=live_repo, poll_interval_s=POLL_S,
+                                 repository_control=True, repository_control_header=admin)
     await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         v1, v2 = vae_pb2_grpc.VaeServiceStub(channel), pb_grpc.GRPCInferenceServiceStub(channel)
         await _wait_for_version(v1, 2)
         one = pb.ModelRepositoryParameter(int64_param=1)
-        await v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="vae",
-                                                                   parameters={"version": one}))
+        await v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(
+            model_name="vae", parameters={"version": one}), metadata=((admin.key, admin.value),))
         await asyncio.sleep(5 * POLL_S)  # polling must not move away from the loaded version
         pinned = (await v1.GetModelInfo(vae_pb2.GetModelInfoRequest())).version
-        await v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="vae.decoder"))
+        await v2.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="vae.decoder"),
+                                     metadata=((admin.key, admin.value),))
         index = await v2.RepositoryIndex(pb.RepositoryIndexRequest())
     assert pinned == 1 and running.plane.current.number == 2
     states = {(m.name, m.version): m.state for m in index.models}
     assert states[("vae.decoder", "2")] == "READY" and states[("vae.decoder", "1")] == "UNAVAILABLE"
+
+
+ODD_FOLDERS = ("²", "002", "-1", "1e3")
+"""Names that are not canonical versions: `²` passes str.isdigit, `002` would read as 2."""
+
+
+async def _rescans(running: RunningServer, polls: int) -> None:
+    """Let the server's own watcher loop run `polls` times (it polls every POLL_S)."""
+    for _ in range(polls):
+        running.watcher.rescan_soon()
+        await asyncio.sleep(POLL_S)
+
+
+async def test_odd_folders_are_ignored_with_one_warning_and_the_watcher_goes_on(
+        start_server: StartServer, live_repo: Path, variant_runs: list[Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    from service.inference import grpc_service_pb2 as pb
+    from service.inference import grpc_service_pb2_grpc as pb_grpc
+
+    running = await start_server(model_repo=live_repo, poll_interval_s=POLL_S)
+    for name in ODD_FOLDERS:
+        shutil.copytree(live_repo / "vae" / "1", live_repo / "vae" / name)
+    await _rescans(running, 3)  # the watcher's own loop meets the odd folders first
+    await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        await _wait_for_version(vae_pb2_grpc.VaeServiceStub(channel), 2)
+        index = await pb_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+            pb.RepositoryIndexRequest())
+    restarted = await start_server(model_repo=live_repo)  # and a server starts beside them
+    warnings = [r.getMessage() for r in caplog.records if "not a version folder" in r.getMessage()]
+    assert restarted.plane.current.number == 2 and {m.version for m in index.models} == {"1", "2"}
+    assert sorted(warnings) == sorted(f"ignoring {live_repo / 'vae' / n}: not a version folder "
+                                      "(versions are 1, 2, 3, ... without leading zeros)"
+                                      for n in ODD_FOLDERS)
+
+
+async def test_a_failing_rescan_is_logged_counted_and_retried(
+        start_server: StartServer, live_repo: Path, variant_runs: list[Path],
+        caplog: pytest.LogCaptureFixture) -> None:
+    running = await start_server(model_repo=live_repo, poll_interval_s=POLL_S)
+    (live_repo / "vae" / "pin.json").write_text("{not json")  # every rescan now raises
+    await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
+    await _rescans(running, 3)
+    errors = running.metrics.model_loads.labels("error")._value.get()
+    served_while_broken = running.plane.current.number
+    (live_repo / "vae" / "pin.json").unlink()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        await _wait_for_version(vae_pb2_grpc.VaeServiceStub(channel), 2)
+    assert served_while_broken == 1 and errors >= 3
+    assert any("rescan of" in r.getMessage() and "pin.json" in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
+
+
+def _tiny_version(folder: Path, version: int, latent: int) -> None:
+    """A real, loadable version of latent size `latent`: linear graphs, manifest to match."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from service.repository import sha256_file
+
+    def save(name: str, nodes: list[Any], inputs: list[Any], outputs: list[Any],
+             weights: list[Any]) -> None:
+        graph = helper.make_graph(nodes, name, inputs, outputs, weights)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+                  folder / f"{name}.onnx")
+
+    shutil.copytree(folder.parent / "1", folder)
+    value = helper.make_tensor_value_info
+    save("encoder", [helper.make_node("Flatten", ["x"], ["f"]),
+                     helper.make_node("MatMul", ["f", "we"], ["mean"]),
+                     helper.make_node("Identity", ["mean"], ["log_var"])],
+         [value("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+         [value("mean", TensorProto.FLOAT, ["batch", latent]),
+          value("log_var", TensorProto.FLOAT, ["batch", latent])],
+         [numpy_helper.from_array(np.zeros((64, latent), np.float32), "we")])
+    save("decoder", [helper.make_node("MatMul", ["z", "wd"], ["h"]),
+                     helper.make_node("Sigmoid", ["h"], ["p"]),
+                     helper.make_node("Reshape", ["p", "shape"], ["x_hat"])],
+         [value("z", TensorProto.FLOAT, ["batch", latent])],
+         [value("x_hat", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+         [numpy_helper.from_array(np.zeros((latent, 64), np.float32), "wd"),
+          numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "shape")])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(version=version, latent_dim=latent,
+                    sha256={n: sha256_file(folder / n) for n in manifest["sha256"]})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _copied_from_another_model(model_repo: Path) -> Callable[[Path], None]:
+    def copy(folder: Path) -> None:
+        import json
+
+        shutil.copytree(model_repo / "vae-conv" / "1", folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    return copy
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("latent", "latent_dim 5, the served vae/1 has 8"),
+    ("model_name", "model_name 'vae-conv', the served vae/1 has 'vae'"),
+])
+async def test_a_version_with_another_signature_is_refused(
+        start_server: StartServer, live_repo: Path, model_repo: Path, case: str,
+        reason: str) -> None:
+    from service.inference import grpc_service_pb2 as pb
+    from service.inference import grpc_service_pb2_grpc as pb_grpc
+
+    running = await start_server(model_repo=live_repo, poll_interval_s=0)
+    if case == "latent":
+        _tiny_version(live_repo / "vae" / "2", 2, latent=5)
+    else:
+        _copied_from_another_model(model_repo)(live_repo / "vae" / "2")
+    await running.watcher.rescan()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        index = await pb_grpc.GRPCInferenceServiceStub(channel).RepositoryIndex(
+            pb.RepositoryIndexRequest())
+    refused = {m.reason for m in index.models if m.version == "2"}
+    assert running.plane.current.number == 1
+    assert running.metrics.model_loads.labels("refused")._value.get() == 1
+    assert len(refused) == 1 and reason in refused.pop()

@@ -68,6 +68,10 @@ async def _concurrent(port: int, model: str, zs: np.ndarray) -> np.ndarray:
     return np.concatenate([a.as_numpy("x_hat") for a in answers])
 
 
+ADMIN = {"x-vae-admin": "s3cret"}
+"""The repository-control header the test server is started with (tests/service/test_v2.py)."""
+
+
 def _errors(client: triton.InferenceServerClient, model: str, x: np.ndarray) -> dict[str, list[str]]:
     encoder = f"{model}.encoder"
     return {
@@ -77,10 +81,12 @@ def _errors(client: triton.InferenceServerClient, model: str, x: np.ndarray) -> 
         "wrong_shape": _error(lambda: client.infer(encoder, [_input("x", x[:, :, :4])])),
         "unknown_input": _error(lambda: client.infer(encoder, [_input("y", x)])),
         "nan": _error(lambda: client.infer(encoder, [_input("x", np.full_like(x, np.nan))])),
-        "unload": _error(lambda: client.unload_model(model)),
+        "unload": _error(lambda: client.unload_model(model, headers=ADMIN)),
         "load_missing": _error(lambda: client.load_model(
-            model, config=json.dumps({"version_policy": {"specific": {"versions": [99]}}}))),
-        "load_newest": _error(lambda: client.load_model(model)),
+            model, config=json.dumps({"version_policy": {"specific": {"versions": [99]}}}),
+            headers=ADMIN)),
+        "load_newest": _error(lambda: client.load_model(model, headers=ADMIN)),
+        "load_without_header": _error(lambda: client.load_model(model)),
         "statistics": _error(lambda: client.get_inference_statistics(encoder)),
     }
 
