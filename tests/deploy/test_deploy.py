@@ -365,6 +365,18 @@ def run_commands(instruction: str) -> list[str]:
     return commands
 
 
+@pytest.mark.parametrize(("instruction", "want"), [
+    ("RUN python -m pip uninstall --yes pip && rm -rf /x", ["python", "rm"]),
+    ("RUN python3 -m pip uninstall --yes pip", ["python3 -m pip"]),
+    ("RUN pip install x || true", ["pip", "true"]),
+    ("RUN if python3 -m pip --version >/dev/null 2>&1; then python3 -m pip uninstall --yes pip; fi"
+     " && mkdir /m", ["mkdir"]),
+    ("RUN python3 -c \"import a; b('c')\" && test -n \"$(find /m -name x)\"", ["python3 -c", "test", "find"]),
+])
+def test_run_commands(instruction: str, want: list[str]) -> None:
+    assert run_commands(instruction) == want
+
+
 def test_dockerfile_runs_on_every_base() -> None:
     """Every RUN calls only what each base has: `python3`, never `python`, and the base's pip
     only behind a probe (the debootstrap base has neither: `python` there is exit 127)."""
