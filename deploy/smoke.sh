@@ -18,7 +18,8 @@
 # with apt-get when missing and root), and the project's .venv (for the health check and
 # the client). Environment: VAE_SMOKE_DIR (work folder, default /var/tmp/vae-smoke),
 # VAE_SMOKE_LOCAL_BASE=1 (skip the pull, use the debootstrap base), VAE_SMOKE_KEEP=1 (keep
-# the container after a failure).
+# the container after a failure), VAE_SMOKE_BASE=IMAGE (build on IMAGE instead of the pinned
+# python base, e.g. a mirror's copy of it or a local image; no debootstrap fallback).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -78,12 +79,13 @@ BUILD=(podman build --format docker --isolation chroot --network host
 
 # ---------------------------------------------------------------- base image
 step "base image"
-BASE="$PYTHON_IMAGE"
+BASE="${VAE_SMOKE_BASE:-$PYTHON_IMAGE}"
 use_local=0
 if [ "${VAE_SMOKE_LOCAL_BASE:-0}" = 1 ]; then
   use_local=1
 elif ! podman image exists "$BASE" && ! timeout 60 podman pull -q "$BASE" >/dev/null 2>&1; then
-  echo "cannot pull $PYTHON_IMAGE"
+  [ -z "${VAE_SMOKE_BASE:-}" ] || fail "cannot pull VAE_SMOKE_BASE=$BASE"
+  echo "cannot pull $BASE"
   use_local=1
 fi
 if [ "$use_local" = 1 ]; then

@@ -300,14 +300,17 @@ def test_overlay_differences(rendered: dict[str, tuple[Path, list[Obj]]]) -> Non
     assert cpu_server["image"].endswith("-cpu")
 
 
+def instructions(text: str) -> list[str]:
+    """A Dockerfile's instructions: continuation lines joined, comments and blank lines dropped."""
+    lines = (line.strip() for line in re.sub(r"\\\n", " ", text).splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def dockerfile_stages(text: str) -> dict[str, list[str]]:
-    """Instructions (continuation lines joined, comments dropped) of each named stage."""
+    """Instructions of each named stage."""
     stages: dict[str, list[str]] = {}
     current: list[str] = []
-    for line in re.sub(r"\\\n", " ", text).splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in instructions(text):
         match = re.match(r"FROM \S+ AS (\S+)", line)
         if match:
             current = stages.setdefault(match.group(1), [])
@@ -333,14 +336,63 @@ def test_dockerfile_agreement(rendered: dict[str, tuple[Path, list[Obj]]]) -> No
         assert not any("torch" in line for line in lines)
     assert list(stages)[-1] == "cpu"  # a build without --target gives the CPU image
     # No packaging tools in a runtime image (scanners flag their old versions): the venv's
-    # go in the builders, the python base's own and ensurepip's wheels in the cpu runtime.
+    # go in the builders, the base's own and ensurepip with its wheels (the official python
+    # image's under /usr/local, Debian's under /usr) in the cpu runtime.
     for stage in ("cpu-builder", "cuda-builder", "cpu"):
         text = " ".join(stages[stage])
         assert re.search(r"pip uninstall --yes --quiet setuptools wheel pip", text), stage
-    assert "rm -rf /usr/local/lib/python3.*/ensurepip" in " ".join(stages["cpu"])
+    assert ("rm -rf /usr/local/lib/python3.*/ensurepip /usr/lib/python3.*/ensurepip /usr/share/python-wheels"
+            in " ".join(stages["cpu"]))
     model = DOCKERFILES[1].read_text()
     assert re.search(r"^USER 10001:10001$", model, re.MULTILINE)
     assert 'ENTRYPOINT ["cp", "-R", "-v", "/models-src/.", "/models/"]' in model
+
+
+# What a RUN may call: commands that every base has (the official python image, a Debian base
+# with only the python3 and python3-venv packages, which deploy/smoke.sh makes where the pull
+# fails, and the CUDA base with python3 from apt), and the venv that a builder makes. Not
+# `python` or `pip`: only the official python image has those.
+BASE_COMMANDS = {"apt-get", "chmod", "find", "groupadd", "mkdir", "rm", "test", "useradd",
+                 "python3 -c", "python3 -m venv", "/opt/venv/bin/pip", "/opt/venv/bin/python"}
+# The base's own pip, where it has one, is called only behind this probe.
+BASE_PIP = re.compile(r"if python3 -m pip --version >/dev/null 2>&1; then python3 -m pip uninstall [^;]*; fi")
+
+
+def run_commands(instruction: str) -> list[str]:
+    """The commands a RUN calls: the first word after each shell separator, with the option of
+    `python3 -c` and `python3 -m <module>`; quoted arguments dropped, `$(command)` kept."""
+    script = BASE_PIP.sub("", instruction.removeprefix("RUN "))
+    script = re.sub(r"'[^']*'", "''", re.sub(r'"(?:[^"$]|\$(?!\())*"', '""', script))
+    commands = []
+    for part in re.split(r"&&|\|\||[;|]|\$\(|\b(?:if|then|else|fi)\b", script):
+        words = part.split()
+        if words:
+            length = 3 if words[:2] == ["python3", "-m"] else 2 if words[0] == "python3" else 1
+            commands.append(" ".join(words[:length]))
+    return commands
+
+
+@pytest.mark.parametrize(("instruction", "want"), [
+    ("RUN python -m pip uninstall --yes pip && rm -rf /x", ["python", "rm"]),
+    ("RUN python3 -m pip uninstall --yes pip", ["python3 -m pip"]),
+    ("RUN pip install x || true", ["pip", "true"]),
+    ("RUN if python3 -m pip --version >/dev/null 2>&1; then python3 -m pip uninstall --yes pip; fi"
+     " && mkdir /m", ["mkdir"]),
+    ("RUN python3 -c \"import a; b('c')\" && test -n \"$(find /m -name x)\"", ["python3 -c", "test", "find"]),
+])
+def test_run_commands(instruction: str, want: list[str]) -> None:
+    assert run_commands(instruction) == want
+
+
+def test_dockerfile_runs_on_every_base() -> None:
+    """Every RUN calls only what each base has: `python3`, never `python`, and the base's pip
+    only behind a probe (the debootstrap base has neither: `python` there is exit 127)."""
+    for dockerfile in DOCKERFILES:
+        runs = [line for line in instructions(dockerfile.read_text()) if line.startswith("RUN ")]
+        assert runs, dockerfile
+        for instruction in runs:
+            unknown = set(run_commands(instruction)) - BASE_COMMANDS
+            assert not unknown, f"{dockerfile.name} calls {sorted(unknown)}: {instruction}"
 
 
 def exprs(node: Any) -> Iterator[str]:
