@@ -27,3 +27,11 @@ class NotFound(ServiceError):
 
 class FailedPrecondition(ServiceError):
     """The request cannot be done in the server's present state (e.g. unloading the only model)."""
+
+
+class MessageTooLarge(ServiceError):
+    """A request or answer larger than the server's message limit; the same call never fits."""
+
+
+class Unimplemented(ServiceError):
+    """The front does not offer this RPC."""

@@ -159,3 +159,17 @@ def resolve_version(repo: Path, model_name: str, version: int) -> Path:
         raise ManifestError(f"model {model_name!r} has no version {version} in {repo}; "
                             f"published: {versions}")
     return repo / model_name / str(chosen)
+
+
+MAX_VERSION = 2**32 - 1
+"""The largest version a vae.v1 response can name (uint32)."""
+
+
+def parse_canonical_version(text: str) -> int | None:
+    """The version `text` names in its one spelling (ASCII digits, no sign, no leading zero,
+    1..MAX_VERSION), or None: folder names and requests alike, so "01" never aliases "1"."""
+    if not (0 < len(text) <= len(str(MAX_VERSION)) and text.isascii() and text.isdigit()
+            and text[0] != "0"):
+        return None
+    number = int(text)
+    return number if number <= MAX_VERSION else None
