@@ -66,9 +66,14 @@ def v2_models(manifest: Manifest) -> dict[str, V2Model]:
                                           m.batched) for m in models}
 
 
+def shown(text: str) -> str:
+    """A client's string as an error message quotes it: at most about 24 characters."""
+    return repr(text) if len(text) <= 24 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 def find_model(models: dict[str, V2Model], name: str) -> V2Model:
     if name not in models:
-        raise NotFound(f"no model named {name!r}; this server has {', '.join(models)}")
+        raise NotFound(f"no model named {shown(name)}; this server has {', '.join(models)}")
     return models[name]
 
 
@@ -78,8 +83,7 @@ def parse_version(text: str) -> int:
         return 0
     version = parse_canonical_version(text)
     if version is None:
-        shown = repr(text) if len(text) <= 24 else f"{text[:20]!r}... ({len(text)} characters)"
-        raise InvalidInput(f"model_version {shown} is not a version number; write one in ASCII "
+        raise InvalidInput(f"model_version {shown(text)} is not a version number; write one in ASCII "
                            f"digits without sign or leading zero (1..{MAX_VERSION}), or leave it "
                            "empty for the current one")
     return version
@@ -107,14 +111,14 @@ def decode_inputs(model: V2Model, tensors: Sequence[Any], raw: Sequence[bytes]
                            "per input, in the order of inputs")
     for tensor in tensors:
         if tensor.name not in specs:
-            raise InvalidInput(f"input {tensor.name!r} is unknown; {model.name} takes "
+            raise InvalidInput(f"input {shown(tensor.name)} is unknown; {model.name} takes "
                                f"{', '.join(specs)}")
     _unique([tensor.name for tensor in tensors], "input")
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(tensors):
         name, datatype, spec = tensor.name, tensor.datatype, specs[tensor.name]
         if datatype != spec.datatype:
-            raise InvalidInput(f"input {name!r}: datatype {datatype[:20]}; {model.name} takes "
+            raise InvalidInput(f"input {name!r}: datatype {datatype[:24]}; {model.name} takes "
                                f"{spec.datatype}")
         dtype = DTYPES[datatype]
         shape = check_wire_shape(tensor.shape, f"input {name!r}", dtype.itemsize)
@@ -166,7 +170,7 @@ def select_outputs(model: V2Model, requested: Sequence[Any]) -> list[TensorSpec]
     names = [output.name for output in requested]
     unknown = [name for name in names if name not in specs]
     if unknown:
-        raise InvalidInput(f"output {unknown[0]!r} is unknown; {model.name} gives "
+        raise InvalidInput(f"output {shown(unknown[0])} is unknown; {model.name} gives "
                            f"{', '.join(specs)}")
     _unique(names, "output")
     return [specs[name] for name in names] if names else list(model.outputs)
