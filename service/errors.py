@@ -30,7 +30,7 @@ class FailedPrecondition(ServiceError):
 
 
 class MessageTooLarge(ServiceError):
-    """A request or answer larger than the server's message limit; the same call never fits."""
+    """An answer larger than the server's message limit; the same call never fits."""
 
 
 class Unimplemented(ServiceError):
