@@ -31,3 +31,11 @@ class FailedPrecondition(ServiceError):
 
 class Unauthenticated(ServiceError):
     """The call needs a credential the caller did not send (repository control's header)."""
+
+
+class MessageTooLarge(ServiceError):
+    """An answer larger than the server's message limit; the same call never fits."""
+
+
+class Unimplemented(ServiceError):
+    """The front does not offer this RPC."""

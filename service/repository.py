@@ -217,13 +217,15 @@ def resolve_version(repo: Path, model_name: str, version: int) -> Path:
     return repo / model_name / str(chosen)
 
 
-MAX_VERSION_DIGITS = 18
-"""Every canonical version fits an int64 (KServe's version fields, our proto's)."""
+MAX_VERSION = 2**32 - 1
+"""The largest version a vae.v1 response can name (uint32)."""
 
 
 def parse_canonical_version(text: str) -> int | None:
-    """The version `text` names ("1", "2", ... ASCII digits, no leading zero), or None."""
-    if 0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit() and \
-            text[0] != "0":
-        return int(text)
-    return None
+    """The version `text` names in its one spelling (ASCII digits, no sign, no leading zero,
+    1..MAX_VERSION), or None: folder names and requests alike, so "01" never aliases "1"."""
+    if not (0 < len(text) <= len(str(MAX_VERSION)) and text.isascii() and text.isdigit()
+            and text[0] != "0"):
+        return None
+    number = int(text)
+    return number if number <= MAX_VERSION else None

@@ -117,7 +117,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                # would admit plus a burst the event loop has not reached yet.
                ("grpc.server.max_pending_requests", max_calls + BACKLOG_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", max_calls + BACKLOG_CALLS)]
-    gate = CallGate(metrics, max_calls)
+    gate = CallGate(metrics, max_calls, limit)
     server = grpc.aio.server(options=options,
                              maximum_concurrent_rpcs=2 * max_calls + CONTROL_CALLS)
     watcher = VersionWatcher(plane, config, metrics)

@@ -23,10 +23,12 @@ from service.errors import (
     DeadlineExpired,
     FailedPrecondition,
     InvalidInput,
+    MessageTooLarge,
     ModelUnavailable,
     NotFound,
     QueueFull,
     Unauthenticated,
+    Unimplemented,
 )
 from service.metrics import Metrics
 
@@ -39,6 +41,8 @@ STATUS_OF = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    MessageTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 """Exception class -> gRPC status; anything else is INTERNAL and logged with its traceback."""
 
@@ -61,18 +65,22 @@ def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Message 
     return parse
 
 
+def _serialized(data: bytes) -> bytes:
+    """The rpc decorator has serialized the answer already, to check its size and count it."""
+    return data
+
+
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
     """Register every method of `service` on `servicer`, parsing bodies with _tolerant_parser."""
     handlers = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
-        response_class = message_factory.GetMessageClass(method.output_type)
         make = (grpc.stream_stream_rpc_method_handler
                 if method.client_streaming or method.server_streaming
                 else grpc.unary_unary_rpc_method_handler)
         handlers[method.name] = make(getattr(servicer, method.name),
                                      request_deserializer=_tolerant_parser(request_class),
-                                     response_serializer=response_class.SerializeToString)
+                                     response_serializer=_serialized)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
                                                                           handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
@@ -96,8 +104,10 @@ class CallGate:
     exceeded!') without calling the handler, so nothing of ours could count them.
     """
 
-    def __init__(self, metrics: Metrics, max_calls: int) -> None:
+    def __init__(self, metrics: Metrics, max_calls: int, max_message_bytes: int) -> None:
         self.max_calls = max_calls
+        self.max_message_bytes = max_message_bytes
+        """grpc's max_send_message_length: a larger answer is refused here, counted."""
         self.calls = 0
         self.draining = False
         self.last_arrival_s = time.monotonic()
@@ -155,8 +165,18 @@ class Servicer(Protocol):
     gate: CallGate
 
 
-Response = TypeVar("Response")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+Response = TypeVar("Response", bound=Message)
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Wrapped = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class Counted:
+    """An answer and the items it stands for, where the answer alone does not show them
+    (a v2 vae.sample asked only for its seed still made `count` images)."""
+
+    message: Message
+    items: int
 
 
 def status_for(err: Exception) -> tuple[grpc.StatusCode, str]:
@@ -167,13 +187,15 @@ def status_for(err: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
 
 
-def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]], Handler[Response]]:
-    """Admit, count, time and map errors of one RPC; `items` counts what the response carries."""
+def rpc(method: str, items: Callable[[Response], int] | None) -> Callable[[Handler], Wrapped]:
+    """Admit, count, time and map errors of one RPC; `items` counts what the response carries
+    (None: the handler returns a Counted). The answer is serialized here: one larger than
+    grpc's max_send_message_length is refused and counted as the client sees it."""
 
-    def decorate(handler: Handler[Response]) -> Handler[Response]:
+    def decorate(handler: Handler) -> Wrapped:
         @functools.wraps(handler)
         async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext
-                          ) -> Response:
+                          ) -> bytes:
             gate = self.gate
             started = gate.last_arrival_s = time.monotonic()
             refused = gate.refusal()
@@ -188,9 +210,19 @@ def rpc(method: str, items: Callable[[Any], int]) -> Callable[[Handler[Response]
                     raise InvalidInput(f"the request body is not a valid {request.type_name} "
                                        f"({request.reason}); send the message the method takes")
                 response = await handler(self, request, context)
-                gate.items(method).inc(items(response))
+                if items is None:
+                    response, count = response.message, response.items
+                else:
+                    count = items(response)
+                data: bytes = response.SerializeToString()
+                if len(data) > gate.max_message_bytes:
+                    raise MessageTooLarge(
+                        f"the answer would be {len(data)} bytes, over this server's message "
+                        f"limit of {gate.max_message_bytes} (max_message_bytes); ask for fewer "
+                        "items, outputs or a shorter id per call")
+                gate.items(method).inc(count)
                 code = grpc.StatusCode.OK
-                return response
+                return data
             except Exception as err:
                 code, message = status_for(err)
             finally:

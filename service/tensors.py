@@ -8,6 +8,7 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.vae.v1 import vae_pb2
+from service.validation import check_wire_shape
 
 FLOAT32 = np.dtype("<f4")
 
@@ -28,11 +29,9 @@ def from_tensor(tensor: vae_pb2.Tensor, field: str) -> np.ndarray:
 
     Whether the shape, values and range suit the model is the data plane's check.
     """
-    shape = tuple(int(v) for v in tensor.shape)
-    if not shape:
+    if not tensor.shape:
         raise InvalidInput(f"{field}: missing or empty tensor; send shape and float32 data")
-    if min(shape) < 0:
-        raise InvalidInput(f"{field}: shape {list(shape)} has a negative dimension")
+    shape = check_wire_shape(tensor.shape, field, FLOAT32.itemsize)
     needed = 4 * math.prod(shape)
     data = tensor.data  # each read of a bytes field is a fresh copy
     if len(data) != needed:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput, NotFound
-from service.repository import Manifest
+from service.repository import MAX_VERSION, Manifest, parse_canonical_version
+from service.validation import check_wire_shape
 
 DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"),
                                    "UINT64": np.dtype("<u8")}
@@ -65,54 +66,82 @@ def v2_models(manifest: Manifest) -> dict[str, V2Model]:
                                           m.batched) for m in models}
 
 
+def shown(text: str) -> str:
+    """A client's string as an error message quotes it: at most about 24 characters."""
+    return repr(text) if len(text) <= 24 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 def find_model(models: dict[str, V2Model], name: str) -> V2Model:
     if name not in models:
-        raise NotFound(f"no model named {name!r}; this server has {', '.join(models)}")
+        raise NotFound(f"no model named {shown(name)}; this server has {', '.join(models)}")
     return models[name]
 
 
 def parse_version(text: str) -> int:
-    """'' = the current version; otherwise a positive integer."""
+    """'' = the current version; otherwise a version in its canonical spelling."""
     if not text:
         return 0
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInput(f"model_version {text!r} is not a version number; leave it empty for "
-                           "the current one")
-    return int(text)
+    version = parse_canonical_version(text)
+    if version is None:
+        raise InvalidInput(f"model_version {shown(text)} is not a version number; write one in ASCII "
+                           f"digits without sign or leading zero (1..{MAX_VERSION}), or leave it "
+                           "empty for the current one")
+    return version
 
 
-def decode_inputs(model: V2Model, tensors: Sequence[object], raw: Sequence[bytes]
+def _unique(names: list[str], kind: str) -> None:
+    """One tensor per name: a repeated name would ask for the same work twice."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidInput(f"{kind} {name!r} is named twice; name each {kind} once")
+        seen.add(name)
+
+
+def decode_inputs(model: V2Model, tensors: Sequence[Any], raw: Sequence[bytes]
                   ) -> dict[str, np.ndarray]:
-    """Wire tensors (raw_input_contents or typed contents) -> arrays, checked against the specs."""
+    """Wire tensors (raw_input_contents or typed contents) -> arrays, checked against the specs:
+    counts and names first, each shape before its data is read, then one array per input."""
     specs = {spec.name: spec for spec in model.inputs}
+    if len(tensors) > len(specs):
+        raise InvalidInput(f"{len(tensors)} inputs; {model.name} takes at most {len(specs)}: "
+                           f"{', '.join(specs)}")
     if raw and len(raw) != len(tensors):
         raise InvalidInput(f"{len(raw)} raw_input_contents for {len(tensors)} inputs; send one "
                            "per input, in the order of inputs")
+    for tensor in tensors:
+        if tensor.name not in specs:
+            raise InvalidInput(f"input {shown(tensor.name)} is unknown; {model.name} takes "
+                               f"{', '.join(specs)}")
+    _unique([tensor.name for tensor in tensors], "input")
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(tensors):
-        name, datatype = tensor.name, tensor.datatype  # type: ignore[attr-defined]
-        shape = tuple(int(v) for v in tensor.shape)  # type: ignore[attr-defined]
-        if name not in specs:
-            raise InvalidInput(f"input {name!r} is unknown; {model.name} takes "
-                               f"{', '.join(specs)}")
-        spec = specs[name]
+        name, datatype, spec = tensor.name, tensor.datatype, specs[tensor.name]
         if datatype != spec.datatype:
-            raise InvalidInput(f"input {name!r}: datatype {datatype}; {model.name} takes "
+            raise InvalidInput(f"input {name!r}: datatype {datatype[:24]}; {model.name} takes "
                                f"{spec.datatype}")
-        if not shape or min(shape) < 0:
-            raise InvalidInput(f"input {name!r}: shape {list(shape)} is not a tensor shape; "
-                               f"expected {list(spec.shape)}")
-        dtype, count = DTYPES[datatype], math.prod(shape)
+        dtype = DTYPES[datatype]
+        shape = check_wire_shape(tensor.shape, f"input {name!r}", dtype.itemsize)
+        count = math.prod(shape)
+        sent = [field.name for field, _ in tensor.contents.ListFields()]
         if raw:
+            if sent:
+                raise InvalidInput(f"input {name!r} has contents ({sent[0]}) besides "
+                                   "raw_input_contents; the protocol forbids mixing them: send "
+                                   "every input raw, or every input typed")
             if len(raw[index]) != count * dtype.itemsize:
                 raise InvalidInput(f"input {name!r}: {len(raw[index])} bytes; shape "
                                    f"{list(shape)} {datatype} needs {count * dtype.itemsize}")
             array = np.frombuffer(raw[index], dtype=dtype)
         else:
-            values = getattr(tensor.contents, TYPED_CONTENTS[datatype])  # type: ignore[attr-defined]
+            typed = TYPED_CONTENTS[datatype]
+            if any(field != typed for field in sent):
+                raise InvalidInput(f"input {name!r}: contents has {sent[0]}; datatype "
+                                   f"{datatype} takes {typed}")
+            values = getattr(tensor.contents, typed)
             if len(values) != count:
-                raise InvalidInput(f"input {name!r}: {len(values)} values in "
-                                   f"{TYPED_CONTENTS[datatype]}; shape {list(shape)} needs {count}")
+                raise InvalidInput(f"input {name!r}: {len(values)} values in {typed}; shape "
+                                   f"{list(shape)} needs {count}")
             array = np.asarray(values, dtype=dtype)
         arrays[name] = array.reshape(shape)
     missing = [s.name for s in model.inputs if not s.optional and s.name not in arrays]
@@ -132,14 +161,19 @@ def scalar(arrays: dict[str, np.ndarray], name: str, default: float) -> float:
     return arrays[name].reshape(-1)[0].item()  # type: ignore[no-any-return]
 
 
-def select_outputs(model: V2Model, requested: Sequence[str]) -> list[TensorSpec]:
-    """The requested outputs in request order, or all of them when none is named."""
+def select_outputs(model: V2Model, requested: Sequence[Any]) -> list[TensorSpec]:
+    """The requested outputs in request order, each at most once, or all when none is named."""
     specs = {spec.name: spec for spec in model.outputs}
-    unknown = [name for name in requested if name not in specs]
+    if len(requested) > len(specs):
+        raise InvalidInput(f"{len(requested)} outputs requested; {model.name} gives "
+                           f"{len(specs)}: {', '.join(specs)}")
+    names = [output.name for output in requested]
+    unknown = [name for name in names if name not in specs]
     if unknown:
-        raise InvalidInput(f"output {unknown[0]!r} is unknown; {model.name} gives "
+        raise InvalidInput(f"output {shown(unknown[0])} is unknown; {model.name} gives "
                            f"{', '.join(specs)}")
-    return [specs[name] for name in requested] if requested else list(model.outputs)
+    _unique(names, "output")
+    return [specs[name] for name in names] if names else list(model.outputs)
 
 
 def requested_version(parameters: Mapping[str, Any]) -> int:
@@ -147,15 +181,37 @@ def requested_version(parameters: Mapping[str, Any]) -> int:
     JSON {"version_policy": {"specific": {"versions": [N]}}}; 0 = the newest."""
     if "version" in parameters:
         value = parameters["version"]
-        return parse_version(value.string_param or str(value.int64_param))
+        kind = value.WhichOneof("parameter_choice")
+        text = {"int64_param": str(value.int64_param), "string_param": value.string_param}.get(
+            kind or "", "")
+        if not text:
+            raise InvalidInput(f"parameter version: {kind or 'no value'}; send the version as "
+                               "string_param or int64_param, or leave the parameter out for the "
+                               "newest")
+        return parse_version(text)
     if "config" not in parameters:
         return 0
     try:
-        policy = json.loads(parameters["config"].string_param).get("version_policy", {})
-        versions = policy.get("specific", {}).get("versions", [])
-    except (ValueError, AttributeError) as err:
+        node: Any = json.loads(parameters["config"].string_param)
+    except (ValueError, RecursionError) as err:  # RecursionError: nesting too deep to parse
         raise InvalidInput(f"parameter config: not a JSON model config ({err})") from err
+    path = "config"
+    for key, absent in (("version_policy", {}), ("specific", {}), ("versions", [])):
+        if not isinstance(node, dict):
+            raise InvalidInput(f"parameter config: {path} is {json.dumps(node)[:24]}, not an "
+                               'object; send {"version_policy": {"specific": {"versions": [N]}}}')
+        node, path = node.get(key, absent), f"{path}.{key}"
+    versions = node
+    if not isinstance(versions, list):
+        raise InvalidInput(f"parameter config: {path} is "
+                           f"{json.dumps(versions)[:24]}; send a list of one version, e.g. [2]")
     if len(versions) > 1:
         raise InvalidInput(f"version_policy names {len(versions)} versions; this server serves "
                            "one version at a time: name one")
-    return parse_version(str(versions[0])) if versions else 0
+    if not versions:
+        return 0
+    version = versions[0]
+    if isinstance(version, bool) or not isinstance(version, int | str):
+        raise InvalidInput(f"parameter config: version {json.dumps(version)[:24]} is not a "
+                           "version number; send an integer such as 2")
+    return parse_version(str(version))

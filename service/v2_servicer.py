@@ -15,12 +15,12 @@ import grpc
 import numpy as np
 
 from service.dataplane import DataPlane
-from service.errors import FailedPrecondition, NotFound, Unauthenticated
+from service.errors import FailedPrecondition, NotFound, Unauthenticated, Unimplemented
 from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
 from service.inference import model_config_pb2 as mc
 from service.repository import Manifest, published_versions
-from service.status import CallGate, deadline_s, rpc
+from service.status import CallGate, Counted, deadline_s, rpc
 from service.v2_models import (
     V2Model,
     decode_inputs,
@@ -40,10 +40,6 @@ EXTENSIONS = ("model_repository", "model_configuration", "schedule_policy")
 METHODS = tuple(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name)
 Context: TypeAlias = grpc.aio.ServicerContext
 CONFIG_TYPE = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "UINT64": mc.TYPE_UINT64}
-
-
-def _rows(response: Any) -> int:
-    return int(response.outputs[0].shape[0]) if response.outputs and response.outputs[0].shape else 0
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -117,21 +113,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             config.dynamic_batching.max_queue_delay_microseconds = c.max_queue_delay_us
         return pb.ModelConfigResponse(config=config)
 
-    @rpc("ModelInfer", items=_rows)
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context
-                         ) -> pb.ModelInferResponse:
+    @rpc("ModelInfer", items=None)
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Counted:
         model = find_model(self.models, request.model_name)
-        outputs = select_outputs(model, [o.name for o in request.outputs])
+        want = parse_version(request.model_version)
+        outputs = select_outputs(model, request.outputs)
         arrays = decode_inputs(model, request.inputs, request.raw_input_contents)
-        results, version = await self._run(model, arrays, parse_version(request.model_version),
-                                           deadline_s(context))
+        results, version = await self._run(model, arrays, want, deadline_s(context))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(version),
                                          id=request.id)
         for spec in outputs:
             value = results[spec.name]
             response.outputs.add(name=spec.name, datatype=spec.datatype, shape=value.shape)
             response.raw_output_contents.append(value.tobytes())
-        return response
+        return Counted(response, len(results[model.outputs[0].name]))
 
     async def _run(self, model: V2Model, arrays: dict[str, np.ndarray], want: int,
                    deadline: float | None) -> tuple[dict[str, np.ndarray], int]:
@@ -221,9 +216,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _unimplemented(method: str) -> Any:
+    @rpc(method, items=lambda r: 0)
     async def answer(self: InferenceServicer, request: Any, context: Context) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            f"vae-serve does not implement {method}; it implements "
+        raise Unimplemented(f"vae-serve does not implement {method}; it implements "
                             f"{', '.join(IMPLEMENTED)}")
 
     return answer

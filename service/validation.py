@@ -6,10 +6,31 @@ Front-agnostic: every front decodes its wire format to ndarrays, then calls thes
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from service.errors import InvalidInput
+
+MAX_DIMS = 64
+"""numpy's limit on an array's dimensions; every tensor the server takes has at most 4."""
+MAX_ARRAY_BYTES = 2**63 - 1
+"""numpy refuses a shape over this even when a zero dimension leaves it empty."""
+
+
+def check_wire_shape(dims: Sequence[int], field: str, itemsize: int) -> tuple[int, ...]:
+    """A received shape numpy can hold: 1..MAX_DIMS dimensions, none negative, and its
+    non-zero dimensions multiply to at most MAX_ARRAY_BYTES; checked before any allocation."""
+    if not 0 < len(dims) <= MAX_DIMS:
+        raise InvalidInput(f"{field}: shape has {len(dims)} dimensions; send 1 to {MAX_DIMS} "
+                           "(a batch is [N, ...])")
+    shape = tuple(int(v) for v in dims)
+    if min(shape) < 0:
+        raise InvalidInput(f"{field}: shape {list(shape)} has a negative dimension")
+    if math.prod(max(v, 1) for v in shape) * itemsize > MAX_ARRAY_BYTES:
+        raise InvalidInput(f"{field}: shape {list(shape)} is impossibly large (over 2**63 "
+                           "bytes without its zero dimensions); send the shape of the data")
+    return shape
 
 
 def check_batch(array: np.ndarray, field: str, item_shape: tuple[int, ...], unit_range: bool

@@ -22,6 +22,7 @@ from service.repository import (
     GraphError,
     Manifest,
     ManifestError,
+    parse_canonical_version,
     read_manifest,
     verify_graphs,
 )
@@ -59,7 +60,8 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
     """Read and verify a version folder, create its sessions, check them, warm them up."""
     started = time.monotonic()
     manifest = read_manifest(folder)
-    if folder.name.isdigit() and int(folder.name) != manifest.version:
+    number = parse_canonical_version(folder.name)
+    if number is not None and number != manifest.version:
         raise ManifestError(f"{folder / 'manifest.json'}: states version {manifest.version} but "
                             f"lies in folder {folder.name}; publish versions with vae-export")
     verify_graphs(folder, manifest)
