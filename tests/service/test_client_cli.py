@@ -70,7 +70,7 @@ def test_unreachable_server_is_one_line_exit_1(capsys) -> None:
     assert capsys.readouterr().err.startswith("vae-client: error: ")
 
 
-async def test_decode_takes_the_codes_encode_wrote(server, tmp_path: Path) -> None:
+async def test_decode_takes_the_codes_encode_wrote(server: RunningServer, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.random.default_rng(1).random((3, 1, 8, 8), dtype=np.float32))
     assert await cli(server, "encode", "--in", str(tmp_path / "x.npy"), "--out",
                      str(tmp_path / "codes.npz")) == 0
@@ -138,8 +138,9 @@ BAD_CALLS = {  # argv (names relative to the test's folder) -> what the one line
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
-async def test_a_wrong_file_is_one_line_and_exit_2(server, tmp_path: Path, capsys, case: str,
-                                                    monkeypatch) -> None:
+async def test_a_wrong_file_is_one_line_and_exit_2(
+        server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     argv, message = BAD_CALLS[case]
     _bad_files(tmp_path)
     monkeypatch.chdir(tmp_path)
