@@ -114,6 +114,8 @@ class InputError(ValueError):
 
 
 TARGET_ENV = "VAE_CLIENT_TARGET"
+MAX_TIMEOUT_S = 1e8
+"""About three years; grpc reads a deadline much further off (1e10 s) as already passed."""
 EXIT_CODES = """exit codes: 0 success; 1 the call failed on the server or the network (UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...); 2 bad input (a flag, a local file, or
 INVALID_ARGUMENT from the server). Errors are one line on stderr.
@@ -157,6 +159,8 @@ def check_files(args: argparse.Namespace) -> None:
                              f"{' or '.join(spec.suffixes)} files")
         if spec.writes and not path.parent.is_dir():
             raise InputError(f"{spec.flag} {path}: no folder {path.parent}")
+        if spec.writes and path.is_dir():
+            raise InputError(f"{spec.flag} {path} is a folder; give a file name")
         if path.resolve() in claimed:
             raise InputError(f"{spec.flag} {path} would overwrite {claimed[path.resolve()]}; "
                              "give it another name")
@@ -347,6 +351,9 @@ class HelpWithNotes(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not 0 < args.timeout <= MAX_TIMEOUT_S:  # NaN too; grpc takes more as "expired"
+            raise InputError(f"--timeout must be in (0, {MAX_TIMEOUT_S:.0f}] seconds, got "
+                             f"{args.timeout}")
         check_files(args)
         if "local" in args:
             args.local(args)

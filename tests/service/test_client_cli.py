@@ -97,6 +97,7 @@ def _bad_files(folder: Path) -> None:
     (folder / "empty.npy").write_bytes(b"")
     (folder / "text.png").write_text("not a picture\n")
     (folder / "link.png").symlink_to("x.png")
+    (folder / "folder.png").mkdir()
     np.save(folder / "parity_images.npy", rng.random((4, 1, 8, 8), dtype=np.float32))
 
 
@@ -134,6 +135,10 @@ BAD_CALLS = {  # argv (names relative to the test's folder) -> what the one line
     "noise of no images": (["noise", "--in", "x.npy", "--count", "0"], "--count must be >= 1"),
     "noise of NaN sigma": (["noise", "--in", "x.npy", "--sigma", "nan"], "--sigma must be"),
     "noise of a missing file": (["noise", "--in", "gone.png"], "--in gone.png: cannot read it"),
+    "noise into a folder": (["noise", "--in", "x.npy", "--out", "folder.png"],
+                            "--out folder.png is a folder"),
+    "a timeout of NaN": (["--timeout", "nan", "info"], "--timeout must be in (0, "),
+    "a timeout of 0": (["--timeout", "0", "sample"], "--timeout must be in (0, "),
 }
 
 
@@ -144,10 +149,11 @@ async def test_a_wrong_file_is_one_line_and_exit_2(
     argv, message = BAD_CALLS[case]
     _bad_files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert before["link.png"] == before["x.png"]
     assert await cli(server, *argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("vae-client: error: "), err
     assert message in err, err
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert not any((tmp_path / "folder.png").iterdir())  # nothing written anywhere
