@@ -110,7 +110,7 @@ class VaeClient:
 
 
 class InputError(ValueError):
-    """A local input file the model cannot take."""
+    """A local file or flag the command cannot take; the message names the flag where it can."""
 
 
 TARGET_ENV = "VAE_CLIENT_TARGET"
@@ -212,7 +212,7 @@ def _load_images(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     """Images from --in, checked against the model's image shape."""
     array = _read_images(path)
     if array.shape[1:] != tuple(image_shape):
-        raise InputError(f"{path}: images of shape {list(array.shape[1:])}; the model takes "
+        raise InputError(f"--in {path}: images of shape {list(array.shape[1:])}; the model takes "
                          f"{list(image_shape)} (C, H, W): give a PNG written by vae-client or "
                          "one picture of that size")
     return array
