@@ -7,11 +7,13 @@ import logging
 import sys
 from pathlib import Path
 
-from export.onnx_export import OPSET
 from service.help_format import DefaultsHelpFormatter
+from training.extra import missing_train_extra
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from export.onnx_export import OPSET  # imports torch: never at import, which needs no extra
+
     p = argparse.ArgumentParser(
         prog="vae-export",
         description="Export a trained run to REPO/MODEL/VERSION/{encoder,decoder}.onnx + "
@@ -38,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as err:
+        if (advice := missing_train_extra(err)) is None:
+            raise
+        print(f"vae-export: error: {advice}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -20,11 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     if config.workers == 1:
         return serve_process(config)
     from service.config import usable_cores
-    from service.ports import require_free_port
+    from service.ports import listening_ports, require_free_ports
     from service.workers import Supervisor
 
-    try:  # once here: the workers share the port, so they cannot tell it is taken
-        require_free_port(config.host, config.port, "--port")
+    try:  # once here: the workers share the ports, so they cannot tell one is taken
+        require_free_ports(config.host, listening_ports(config))
     except OSError as err:
         print(f"vae-serve: error: {err}", file=sys.stderr)
         return 2

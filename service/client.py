@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 import numpy as np
+from numpy.lib.npyio import NpzFile
 
 from service.figures import write_comparison
 from service.help_format import DefaultsHelpFormatter
@@ -106,10 +110,12 @@ class VaeClient:
 
 
 class InputError(ValueError):
-    """A local input file the model cannot take."""
+    """A local file or flag the command cannot take; the message names the flag where it can."""
 
 
 TARGET_ENV = "VAE_CLIENT_TARGET"
+MAX_TIMEOUT_S = 1e8
+"""About three years; grpc reads a deadline much further off (1e10 s) as already passed."""
 EXIT_CODES = """exit codes: 0 success; 1 the call failed on the server or the network (UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...); 2 bad input (a flag, a local file, or
 INVALID_ARGUMENT from the server). Errors are one line on stderr.
@@ -117,22 +123,114 @@ INVALID_ARGUMENT from the server). Errors are one line on stderr.
 pictures: a .png output is a grid of the images, each pixel enlarged to about 112 px per
 image, with a layout note that lets every subcommand read it back as the original images.
 A .png input is such a grid, or one plain grayscale picture of the model's size. .npy files
-hold float32 [N, C, H, W] arrays in [0, 1]."""
+hold float32 [N, C, H, W] arrays in [0, 1]. Each file flag takes the extensions its help
+names; an output never replaces an input or another output of the same call."""
+
+
+@dataclass(frozen=True)
+class FileFlag:
+    """A file flag of a subcommand: the extensions it takes, and whether the command writes it."""
+
+    flag: str
+    dest: str
+    suffixes: tuple[str, ...]
+    writes: bool
+
+
+IMAGE_FILES = (".png", ".npy")
+IN_IMAGES = FileFlag("--in", "input", IMAGE_FILES, writes=False)
+IN_LATENTS = FileFlag("--in", "input", (".npy", ".npz"), writes=False)
+OUT_IMAGES = FileFlag("--out", "out", IMAGE_FILES, writes=True)
+OUT_CODES = FileFlag("--out", "out", (".npz",), writes=True)
+OUT_COMPARISON = FileFlag("--compare", "compare", (".png",), writes=True)
+
+
+def check_files(args: argparse.Namespace) -> None:
+    """Before any call: every file of a kind its command handles, no output over an input or
+    over another output, and a folder for each output."""
+    claimed: dict[Path, str] = {}
+    for spec in sorted(getattr(args, "files", ()), key=lambda spec: spec.writes):
+        path: Path | None = getattr(args, spec.dest)
+        if path is None:
+            continue
+        if path.suffix.lower() not in spec.suffixes:
+            verb = "writes" if spec.writes else "reads"
+            raise InputError(f"{spec.flag} {path}: {args.command} {verb} "
+                             f"{' or '.join(spec.suffixes)} files")
+        if spec.writes and not path.parent.is_dir():
+            raise InputError(f"{spec.flag} {path}: no folder {path.parent}")
+        if spec.writes and path.is_dir():
+            raise InputError(f"{spec.flag} {path} is a folder; give a file name")
+        if path.resolve() in claimed:
+            raise InputError(f"{spec.flag} {path} would overwrite {claimed[path.resolve()]}; "
+                             "give it another name")
+        claimed[path.resolve()] = spec.flag
+
+
+def _read_array(path: Path, flag: str, member: str | None = None) -> np.ndarray:
+    """Numbers as float32 from an .npy, or from array `member` of an .npz archive."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, NpzFile):
+            with loaded:
+                names: list[str] = sorted(loaded.files)
+                array = np.asarray(loaded[member]) if member in names else None
+        else:
+            array = np.asarray(loaded)
+    except OSError as err:
+        raise InputError(f"{flag} {path}: cannot read it ({err.strerror or err})") from err
+    except (ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{flag} {path}: not a readable {path.suffix} file ({err})") from err
+    if array is None and member is None:
+        raise InputError(f"{flag} {path}: an .npz archive under an .npy name; give an .npy array")
+    if array is None:
+        raise InputError(f"{flag} {path} holds arrays {names}, no {member!r}: give the .npz "
+                         "that vae-client encode writes, or an .npy array")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{flag} {path}: values of type {array.dtype}; give numbers (float32)")
+    return array.astype(np.float32)
+
+
+def _read_images(path: Path) -> np.ndarray:
+    """Images [N >= 1, C, H, W] from a PNG (a vae-client grid or one picture) or an .npy."""
+    if path.suffix.lower() != ".png":
+        images = _read_array(path, "--in")
+    else:
+        try:
+            images = read_images(path)
+        except OSError as err:
+            raise InputError(f"--in {path}: cannot read it ({err.strerror or err})") from err
+    if images.ndim != 4:
+        raise InputError(f"--in {path}: an array of shape {list(images.shape)}; images are "
+                         "[N, C, H, W]")
+    if len(images) == 0:
+        raise InputError(f"--in {path}: holds no images")
+    return images
 
 
 def _load_images(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
-    """A PNG (a vae-client grid or one picture) or .npy [N, C, H, W], checked against the model."""
-    array = np.load(path).astype(np.float32) if path.suffix == ".npy" else read_images(path)
-    if array.ndim != 4 or array.shape[1:] != tuple(image_shape):
-        raise InputError(f"{path}: images of shape {list(array.shape[1:])}; the model takes "
+    """Images from --in, checked against the model's image shape."""
+    array = _read_images(path)
+    if array.shape[1:] != tuple(image_shape):
+        raise InputError(f"--in {path}: images of shape {list(array.shape[1:])}; the model takes "
                          f"{list(image_shape)} (C, H, W): give a PNG written by vae-client or "
                          "one picture of that size")
     return array
 
 
+def _load_latents(path: Path, latent_dim: int) -> np.ndarray:
+    """Latents [N, latent_dim] from an .npy, or the mean of the .npz that encode writes."""
+    latents = _read_array(path, "--in", "mean" if path.suffix.lower() == ".npz" else None)
+    if latents.ndim != 2 or latents.shape[1] != latent_dim:
+        raise InputError(f"--in {path}: latents of shape {list(latents.shape)}; the model takes "
+                         f"[N, {latent_dim}]")
+    return latents
+
+
 def _save_images(path: Path, images: np.ndarray) -> None:
-    if path.suffix == ".npy":
-        np.save(path, images)
+    if path.suffix.lower() == ".npy":
+        with path.open("wb") as f:  # a file, so np.save adds no second extension
+            np.save(f, images)
     else:
         write_images(path, images)
     print(f"wrote {path} ({len(images)} images)")
@@ -156,12 +254,13 @@ def _sample(client: VaeClient, args: argparse.Namespace) -> None:
 
 def _encode(client: VaeClient, args: argparse.Namespace) -> None:
     mean, log_var = client.encode(_load_images(args.input, tuple(client.info().image_shape)))
-    np.savez(args.out, mean=mean, log_var=log_var)
+    with args.out.open("wb") as f:
+        np.savez(f, mean=mean, log_var=log_var)
     print(f"wrote {args.out} (mean and log_var, shape {list(mean.shape)})")
 
 
 def _decode(client: VaeClient, args: argparse.Namespace) -> None:
-    _save_images(args.out, client.decode(np.load(args.input).astype(np.float32)))
+    _save_images(args.out, client.decode(_load_latents(args.input, client.info().latent_dim)))
 
 
 def _denoise(client: VaeClient, args: argparse.Namespace) -> None:
@@ -177,12 +276,11 @@ def _denoise(client: VaeClient, args: argparse.Namespace) -> None:
 
 def _noise(args: argparse.Namespace) -> None:
     """Local: a noisy copy of images to try denoise on (Gaussian, clipped to [0, 1])."""
-    images = np.load(args.input) if args.input.suffix == ".npy" else read_images(args.input)
-    if images.ndim != 4:
-        raise InputError(f"{args.input}: expected images [N, C, H, W], got shape {list(images.shape)}")
-    if args.sigma < 0:
-        raise InputError(f"--sigma must be >= 0, got {args.sigma}")
-    chosen = images[: args.count].astype(np.float32)
+    if not (math.isfinite(args.sigma) and args.sigma >= 0):
+        raise InputError(f"--sigma must be a finite number >= 0, got {args.sigma}")
+    if args.count < 1:
+        raise InputError(f"--count must be >= 1, got {args.count}")
+    chosen = _read_images(args.input)[: args.count]
     noise = args.sigma * np.random.default_rng(args.seed).standard_normal(chosen.shape)
     _save_images(args.out, np.clip(chosen + noise, 0, 1).astype(np.float32))
 
@@ -222,27 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="0: the server picks (and prints) one")
     s.add_argument("--temperature", type=float, default=1.0, help="prior std multiplier")
     _io_arguments(s, None, "samples.png", "images: .png grid or .npy")
-    s.set_defaults(func=_sample)
+    s.set_defaults(func=_sample, files=(OUT_IMAGES,))
     e = command("encode", "images -> posterior mean and log-variance")
     _io_arguments(e, "images: .png or .npy", "codes.npz", ".npz with arrays mean and log_var")
-    e.set_defaults(func=_encode)
+    e.set_defaults(func=_encode, files=(IN_IMAGES, OUT_CODES))
     d = command("decode", "latents -> images")
-    _io_arguments(d, "latents: .npy float32 [N, latent_dim]", "decoded.png",
-                  "images: .png grid or .npy")
-    d.set_defaults(func=_decode)
+    _io_arguments(d, "latents: .npy float32 [N, latent_dim], or the .npz encode writes (its "
+                  "mean)", "decoded.png", "images: .png grid or .npy")
+    d.set_defaults(func=_decode, files=(IN_LATENTS, OUT_IMAGES))
     n = command("denoise", "noisy images -> decode(posterior mean)")
     _io_arguments(n, "noisy images: .png or .npy", "clean.png", "images: .png grid or .npy")
     n.add_argument("--compare", type=Path, metavar="PATH",
-                   help="also write a labelled PNG for people: each noisy image beside its "
+                   help="also write a labelled .png for people: each noisy image beside its "
                    "denoised one")
-    n.set_defaults(func=_denoise)
+    n.set_defaults(func=_denoise, files=(IN_IMAGES, OUT_IMAGES, OUT_COMPARISON))
     z = command("noise", "write a noisy copy of images (local, no server call)")
     _io_arguments(z, "images: .png or .npy (e.g. RUN/parity_images.npy)", "noisy.png",
                   "noisy images: .png grid or .npy")
     z.add_argument("--sigma", type=float, default=0.2, help="Gaussian noise standard deviation")
     z.add_argument("--count", type=int, default=16, help="use the first COUNT images")
     z.add_argument("--seed", type=int, default=0, help="noise seed")
-    z.set_defaults(local=_noise)
+    z.set_defaults(local=_noise, files=(IN_IMAGES, OUT_IMAGES))
     return p
 
 
@@ -253,6 +351,10 @@ class HelpWithNotes(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not 0 < args.timeout <= MAX_TIMEOUT_S:  # NaN too; grpc takes more as "expired"
+            raise InputError(f"--timeout must be in (0, {MAX_TIMEOUT_S:.0f}] seconds, got "
+                             f"{args.timeout}")
+        check_files(args)
         if "local" in args:
             args.local(args)
             return 0

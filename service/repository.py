@@ -133,9 +133,11 @@ class Manifest:
         if data["latent_dim"] < 1 or data["version"] < 1:
             raise ManifestError(f"{source}: latent_dim and version must be >= 1")
         outputs = data.get("outputs", OUTPUT_NAMES)
-        if not isinstance(outputs, dict) or {g: sorted(n) for g, n in outputs.items()} != {
-                g: sorted(n) for g, n in OUTPUT_NAMES.items()}:
-            raise ManifestError(f"{source}: outputs must be {OUTPUT_NAMES}, got {outputs!r}")
+        if not isinstance(outputs, dict) or set(outputs) != set(OUTPUT_NAMES) or any(
+                not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                or sorted(names) != sorted(OUTPUT_NAMES[graph]) for graph, names in outputs.items()):
+            raise ManifestError(f"{source}: outputs must name each graph's outputs once, in any "
+                                f"order (bound by name): {OUTPUT_NAMES}, got {outputs!r}")
         if set(data["sha256"]) != set(GRAPH_FILES.values()):
             raise ManifestError(f"{source}: sha256 must name exactly {sorted(GRAPH_FILES.values())}")
         return cls(**{**data, "image_shape": (shape[0], shape[1], shape[2])})

@@ -22,7 +22,7 @@ from service.config import ServerConfig
 from service.dataplane import DataPlane
 from service.inference import grpc_service_pb2
 from service.metrics import Metrics, TlsMetrics, serve_metrics
-from service.ports import require_free_port
+from service.ports import listening_ports, require_free_ports
 from service.repository import Manifest, resolve_version
 from service.servicer import VaeServicer
 from service.status import CallGate, add_service
@@ -101,10 +101,8 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     if config.tls_cert_file is not None and config.tls_key_file is not None:
         credentials = server_credentials(config.tls_cert_file, config.tls_key_file,
                                          config.tls_client_ca_file, TlsMetrics(registry))
-    if config.workers == 1:  # with workers the parent checked, and the port is shared
-        require_free_port(config.host, config.port, "--port")
-    if config.tls and config.health_port > 0:
-        require_free_port(config.host, config.health_port, "--health-port")
+    if config.workers == 1:  # with workers the parent checked, and the ports are shared
+        require_free_ports(config.host, listening_ports(config))
     folder = resolve_version(config.model_repo, config.model_name, starting_version(config))
     plane = DataPlane(config, metrics, await asyncio.to_thread(load_graphs, folder, config))
     limit = config.max_message_bytes or message_limit_bytes(plane.current.manifest, config)
@@ -118,6 +116,9 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                ("grpc.server.max_pending_requests", max_calls + BACKLOG_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", max_calls + BACKLOG_CALLS)]
     gate = CallGate(metrics, max_calls, limit)
+    metrics_http = None  # before any grpc server exists: one left unstarted breaks at exit
+    if config.metrics_port >= 0:
+        metrics_http = serve_metrics(config.metrics_port, config.host, registry)
     server = grpc.aio.server(options=options,
                              maximum_concurrent_rpcs=2 * max_calls + CONTROL_CALLS)
     watcher = VersionWatcher(plane, config, metrics)
@@ -138,11 +139,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     health_server, health_port = None, -1
     if credentials is not None and config.health_port >= 0:
         health_server, health_port = await _serve_health_only(health, config, options)
-    metrics_http = None
-    metrics_port = -1
-    if config.metrics_port >= 0:
-        metrics_http = serve_metrics(config.metrics_port, config.host, registry)
-        metrics_port = int(metrics_http.server_port)
+    metrics_port = -1 if metrics_http is None else int(metrics_http.server_port)
     for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("serving %s on %s:%d (metrics :%d) with %s", plane.current.label, config.host,

@@ -107,6 +107,7 @@ class ModelVersion:
         self.instances = config.runner_instances(on_gpu=self.provider == CUDA)
         self.leases = 0
         self.retired = False
+        self._encoder_outputs = graphs.encoder.output_names
         self._encoder, self._decoder = (
             DynamicBatcher(name, runner.run, max_batch_size=config.max_batch_size,
                            max_queue_delay_us=config.max_queue_delay_us,
@@ -120,8 +121,10 @@ class ModelVersion:
 
     async def encode(self, images: np.ndarray, deadline_s: float | None
                      ) -> tuple[np.ndarray, np.ndarray]:
-        mean, log_var = await self._encoder.submit(images, deadline_s)
-        return mean, log_var
+        """(mean, log_var), bound by the names the runner fetched, never by their position."""
+        outputs = await self._encoder.submit(images, deadline_s)
+        named = dict(zip(self._encoder_outputs, outputs, strict=True))
+        return named["mean"], named["log_var"]
 
     async def decode(self, latents: np.ndarray, deadline_s: float | None) -> np.ndarray:
         (images,) = await self._decoder.submit(latents, deadline_s)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -64,6 +65,30 @@ def test_client_runs_without_the_server_packages(tmp_path) -> None:
                            str(tmp_path / "n.png")], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "n.png").is_file()
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    ("training.cli", ["--epochs", "1"]),
+    ("training.cli", ["--help"]),
+    ("training.cli", ["evaluate", "runs/digits-mlp"]),
+    ("export.cli", ["runs/digits-mlp"]),
+    ("export.cli", ["--check", "models/vae/1"]),
+])
+def test_train_and_export_without_the_train_extra_say_what_to_install(script: str,
+                                                                      argv: list[str]) -> None:
+    """`pip install .` installs vae-train and vae-export too; there they name the extra."""
+    blocker = (
+        "import sys\n"
+        f"class Block:\n    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {SERVER_ONLY!r}: raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"from {script} import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker, *argv], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "pip install 'vae-serve[train]'" in done.stderr and not done.stdout
 
 
 def test_base_install_is_the_client() -> None:

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from training.errors import UsageError
+from training.extra import missing_train_extra
 
 
 def _train(argv: list[str]) -> int:
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     except UsageError as err:
         print(f"vae-train: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if (advice := missing_train_extra(err)) is None:
+            raise
+        print(f"vae-train: error: {advice}", file=sys.stderr)
         return 2
 
 

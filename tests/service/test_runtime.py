@@ -1,14 +1,21 @@
 """OrtRunner: every way it runs a batch (I/O binding, the single-threaded session) gives the
-same bytes, here on CPU."""
+same bytes, here on CPU; outputs are bound by name, in whatever order a manifest lists them."""
 
+import json
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from service.runtime import OrtRunner
+from service.server import RunningServer, build_server
+from service.tensors import to_array, to_tensor
+from service.vae.v1 import vae_pb2, vae_pb2_grpc
+from tests.conftest import server_config
 
 
 @pytest.mark.parametrize(("graph", "feed", "outputs"), [
@@ -70,3 +77,36 @@ def test_a_run_beside_another_takes_the_single_threaded_session(model_repo: Path
     assert results[0][0].tobytes() == results[1][0].tobytes()
     runner.run(batch)
     assert used[-1] is False  # alone again: the threaded session
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+def test_outputs_come_in_the_order_they_are_asked_for(model_repo: Path, io_binding: bool) -> None:
+    path = model_repo / "vae" / "1" / "encoder.onnx"
+    batch = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    mean, log_var = OrtRunner(path, "cpu", 1, "x", ["mean", "log_var"], io_binding).run(batch)
+    got = OrtRunner(path, "cpu", 1, "x", ["log_var", "mean"], io_binding).run(batch)
+    assert [a.tobytes() for a in got] == [log_var.tobytes(), mean.tobytes()]
+    assert mean.tobytes() != log_var.tobytes()
+
+
+async def test_a_manifest_listing_log_var_first_still_answers_mean_as_mean(
+        server: RunningServer, model_repo: Path, tmp_path: Path) -> None:
+    """The manifest's outputs are names: their order binds nothing."""
+    shutil.copytree(model_repo / "vae", tmp_path / "models" / "vae")
+    manifest = tmp_path / "models" / "vae" / "1" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "outputs": {**data["outputs"],
+                                                        "encoder": ["log_var", "mean"]}}))
+    reordered = await build_server(server_config(tmp_path / "models"))
+    images = to_tensor(np.random.default_rng(1).random((5, 1, 8, 8), dtype=np.float32))
+    try:
+        answers = []
+        for port in (server.port, reordered.port):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = vae_pb2_grpc.VaeServiceStub(channel)
+                answers.append(await stub.Encode(vae_pb2.EncodeRequest(images=images)))
+    finally:
+        await reordered.stop(1.0)
+    expected, got = answers
+    assert to_array(got.mean).tobytes() == to_array(expected.mean).tobytes()
+    assert to_array(got.log_var).tobytes() == to_array(expected.log_var).tobytes()
