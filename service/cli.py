@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from service.config import ConfigError, ServerConfig
 
@@ -23,15 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     from service.ports import require_free_port
     from service.workers import Supervisor
 
-    try:  # once here: the workers share the port, so they cannot tell it is taken
+    try:  # once here: the workers share the ports, so they cannot tell one is taken
         require_free_port(config.host, config.port, "--port")
+        if config.tls and config.health_port > 0:
+            require_free_port(config.host, config.health_port, "--health-port")
     except OSError as err:
         print(f"vae-serve: error: {err}", file=sys.stderr)
         return 2
     return Supervisor(config, config.workers or usable_cores(), serve_process).run()
 
 
-def serve_process(config: ServerConfig) -> int:
+def serve_process(config: ServerConfig, on_serving: Callable[[], None] | None = None) -> int:
     """One server process until SIGTERM: 0, or 2 with one line for a bad setting or model."""
     from service import log_filter
 
@@ -46,7 +49,7 @@ def serve_process(config: ServerConfig) -> int:
         return 2
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_serving))
     except (ServiceError, ManifestError, IntegrityError, GraphError, OSError) as err:
         print(f"vae-serve: error: {err}", file=sys.stderr)
         return 2

@@ -39,14 +39,16 @@ def fingerprint(folder: Path) -> Fingerprint:
 class VersionWatcher:
     """Keeps the data plane on the newest good version (or on the pinned one)."""
 
-    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics,
+                 refused: dict[int, tuple[Fingerprint, str]] | None = None) -> None:
         self.plane = plane
         self.config = config
         self._loaded = metrics.model_loads.labels("loaded")
         self._refused_total = metrics.model_loads.labels("refused")
         self.pinned = config.model_version
         """0 = follow the newest version; N = serve version N (the flag, or a load request)."""
-        self._refused: dict[int, tuple[Fingerprint, str]] = {}
+        self._refused: dict[int, tuple[Fingerprint, str]] = dict(refused or {})
+        """Version -> its files when refused (at start-up or since), and why."""
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._missing_warned = False
