@@ -201,7 +201,8 @@ async def test_a_swap_under_workers_logs_no_label_removal_warning(model_repo: Pa
                                                                   tmp_path: Path) -> None:
     repo = tmp_path / "models"
     shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")
-    proc, _, log = await _spawn(repo)
+    metrics_port = free_port()
+    proc, _, log = await _spawn(repo, metrics_port=str(metrics_port))
     try:
         second = shutil.copytree(repo / "vae" / "1", tmp_path / "2")
         manifest = json.loads((second / "manifest.json").read_text())
@@ -209,9 +210,13 @@ async def test_a_swap_under_workers_logs_no_label_removal_warning(model_repo: Pa
         second.rename(repo / "vae" / "2")
         proc.send_signal(signal.SIGHUP)
         await log.wait_for("now serving vae/2", 2)
+        info = [line for line in _scrape(metrics_port).splitlines()
+                if line.startswith("vae_model_info{")]
     finally:
         assert await _stop(proc) == 0
     assert log.count("Removal of labels") == 0
+    assert sorted(line.rpartition(" ")[2] for line in info) == ["0.0", "1.0"]
+    assert [line for line in info if line.endswith(" 1.0")][0].count('version="2"') == 1
 
 
 def test_the_restart_backoff_grows_and_starts_over_after_a_stable_run() -> None:
