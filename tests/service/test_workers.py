@@ -216,7 +216,7 @@ async def test_a_swap_under_workers_logs_no_label_removal_warning(model_repo: Pa
         assert await _stop(proc) == 0
     assert log.count("Removal of labels") == 0
     assert sorted(line.rpartition(" ")[2] for line in info) == ["0.0", "1.0"]
-    assert [line for line in info if line.endswith(" 1.0")][0].count('version="2"') == 1
+    assert next(line for line in info if line.endswith(" 1.0")).count('version="2"') == 1
 
 
 def test_the_restart_backoff_grows_and_starts_over_after_a_stable_run() -> None:
@@ -232,4 +232,7 @@ def test_the_restart_backoff_grows_and_starts_over_after_a_stable_run() -> None:
 def test_workers_need_a_fixed_port() -> None:
     with pytest.raises(ConfigError, match="needs a fixed --port"):
         ServerConfig.from_args(["--workers", "2", "--port", "0"], environ={})
+    tls = ["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem", "--port", "1"]
+    with pytest.raises(ConfigError, match="needs a fixed --health-port"):
+        ServerConfig.from_args(["--workers", "2", "--health-port", "0", *tls], environ={})
     assert ServerConfig.from_args(["--workers", "auto"], environ={}).workers == 0
