@@ -125,6 +125,9 @@ class Supervisor:
     def _fork(self, slot: int) -> None:
         ready_r, ready_w = os.pipe()
         parent = os.getpid()
+        # Held until the worker has its own handlers: a signal meant for it must not reach the
+        # parent's handler (and wake-up pipe) in it, nor be lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED)
         pid = os.fork()
         if pid == 0:  # the worker; serve() replaces these handlers once it is serving
             code = STARTUP_ERROR
@@ -136,6 +139,7 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED)
         os.close(ready_w)
         self.children[pid] = _Worker(slot, ready_r)
 
@@ -146,6 +150,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _exit_before_serving)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISED)
         for fd in (self._wakeup_r, self._wakeup_w, ready_r,
                    *(w.ready_fd for w in self.children.values() if w.ready_fd >= 0)):
             os.close(fd)
