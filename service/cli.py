@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from service.config import ConfigError, ServerConfig
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     return Supervisor(config, config.workers or usable_cores(), serve_process).run()
 
 
-def serve_process(config: ServerConfig) -> int:
+def serve_process(config: ServerConfig, on_serving: Callable[[], None] | None = None) -> int:
     """One server process until SIGTERM: 0, or 2 with one line for a bad setting or model."""
     from service import log_filter
 
@@ -46,7 +47,7 @@ def serve_process(config: ServerConfig) -> int:
         return 2
 
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, on_serving))
     except (ServiceError, ManifestError, IntegrityError, GraphError, OSError) as err:
         print(f"vae-serve: error: {err}", file=sys.stderr)
         return 2

@@ -205,6 +205,9 @@ class ServerConfig:
         if self.workers != 1 and self.port == 0:
             raise ConfigError(f"{_flag('workers')} needs a fixed --port: every worker binds the "
                               "same one")
+        if self.workers != 1 and self.tls and self.health_port == 0:
+            raise ConfigError(f"{_flag('workers')} with TLS needs a fixed --health-port (or -1 "
+                              "= off): every worker binds the same one")
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
             raise ConfigError("--port and --metrics-port must be within 0..65535")
         self._check_tls()

@@ -68,8 +68,7 @@ class DataPlane:
         """Make a loaded version current; the old one closes when its last lease ends."""
         old, self.current = self.current, self._attach(graphs)
         if (old.number, old.provider) != (self.current.number, self.current.provider):
-            self.metrics.model_info.labels(str(old.number), old.provider).set(0)  # workers' files
-            self.metrics.model_info.remove(str(old.number), old.provider)
+            self.metrics.retire_model(str(old.number), old.provider)
         old.retired = True
         logger.info("now serving %s (was %s; %d requests still on it)", self.current.label,
                     old.label, old.leases)

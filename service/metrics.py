@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from service.workers import MULTIPROC_ENV
 
 METRIC_NAMES = (
     "vae_requests_total",
@@ -57,9 +60,17 @@ class Metrics:
         self.model_info = Gauge("vae_model_info", "The served model version and provider (= 1)",
                                 ["version", "provider"], registry=registry,
                                 multiprocess_mode="livemax")
-        self.model_loads = Counter("vae_model_loads", "New model versions tried while serving, "
-                                   "by result (loaded, refused; error: a rescan "
-                                   "of the repository that failed)", ["result"], registry=registry)
+        self.model_loads = Counter("vae_model_loads", "Model versions switched to while serving, "
+                                   "or refused at start-up or while serving, by result (loaded, "
+                                   "refused; error: a rescan of the repository that failed)",
+                                   ["result"], registry=registry)
+
+    def retire_model(self, version: str, provider: str) -> None:
+        """A version no longer served: its series drops to 0, and goes where it can (a worker's
+        multiprocess file keeps it at 0; prometheus_client cannot remove it there)."""
+        self.model_info.labels(version, provider).set(0)
+        if MULTIPROC_ENV not in os.environ:
+            self.model_info.remove(version, provider)
 
 
 class TlsMetrics:

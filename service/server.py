@@ -8,6 +8,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -23,14 +24,21 @@ from service.dataplane import DataPlane
 from service.inference import grpc_service_pb2
 from service.metrics import Metrics, TlsMetrics, serve_metrics
 from service.ports import listening_ports, require_free_ports
-from service.repository import Manifest, resolve_version
+from service.repository import (
+    GraphError,
+    IntegrityError,
+    Manifest,
+    ManifestError,
+    published_versions,
+    resolve_version,
+)
 from service.servicer import VaeServicer
 from service.status import CallGate, add_service
 from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
 from service.vae.v1 import vae_pb2
-from service.version import load_graphs
-from service.watcher import VersionWatcher, starting_version
+from service.version import LoadedGraphs, load_graphs
+from service.watcher import Fingerprint, VersionWatcher, fingerprint, starting_version
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name
@@ -103,8 +111,12 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                                          config.tls_client_ca_file, TlsMetrics(registry))
     if config.workers == 1:  # with workers the parent checked, and the ports are shared
         require_free_ports(config.host, listening_ports(config))
-    folder = resolve_version(config.model_repo, config.model_name, starting_version(config))
-    plane = DataPlane(config, metrics, await asyncio.to_thread(load_graphs, folder, config))
+    graphs, refused = await _first_version(config)
+    plane = DataPlane(config, metrics, graphs)
+    metrics.model_loads.labels("refused").inc(len(refused))
+    for number, (_, reason) in sorted(refused.items()):
+        logger.warning("refused %s: %s; starting on %s", config.model_repo / config.model_name /
+                       str(number), reason, plane.current.label)
     limit = config.max_message_bytes or message_limit_bytes(plane.current.manifest, config)
     max_calls = max_admitted_calls(config)
     options = [("grpc.max_receive_message_length", limit),
@@ -121,7 +133,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
         metrics_http = serve_metrics(config.metrics_port, config.host, registry)
     server = grpc.aio.server(options=options,
                              maximum_concurrent_rpcs=2 * max_calls + CONTROL_CALLS)
-    watcher = VersionWatcher(plane, config, metrics)
+    watcher = VersionWatcher(plane, config, metrics, refused)
     add_service(server, VaeServicer(plane, gate), vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
     add_service(server, InferenceServicer(plane, watcher, gate),
                 grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
@@ -179,6 +191,29 @@ def max_admitted_calls(config: ServerConfig) -> int:
     return 2 * (config.max_queue_rows + running_rows)
 
 
+async def _first_version(config: ServerConfig
+                         ) -> tuple[LoadedGraphs, dict[int, tuple[Fingerprint, str]]]:
+    """The pinned version (pin.json, else --model-version), else the newest that loads: a bad
+    one is refused, not a reason not to start. With none good, the newest one's error stops it."""
+    repo, name = config.model_repo, config.model_name
+    versions = published_versions(repo, name)
+    wanted = starting_version(config)
+    if wanted or not versions:  # exactly the one asked for; none: a clear error
+        folder = resolve_version(repo, name, wanted)
+        return await asyncio.to_thread(load_graphs, folder, config), {}
+    refused: dict[int, tuple[Fingerprint, str]] = {}
+    errors: list[Exception] = []
+    for number in reversed(versions):
+        folder = repo / name / str(number)
+        marks = fingerprint(folder)
+        try:
+            return await asyncio.to_thread(load_graphs, folder, config), refused
+        except (ManifestError, IntegrityError, GraphError, OSError) as err:
+            refused[number] = (marks, str(err).splitlines()[0])
+            errors.append(err)
+    raise errors[0]
+
+
 async def _serve_health_only(health: HealthServicer, config: ServerConfig,
                              options: list[tuple[str, int]]) -> tuple[grpc.aio.Server, int]:
     """A second, plaintext server with the same HealthServicer and nothing else: kubelet's gRPC
@@ -190,9 +225,11 @@ async def _serve_health_only(health: HealthServicer, config: ServerConfig,
     return server, port
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain within config.grace_s."""
+async def serve(config: ServerConfig, on_serving: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain within config.grace_s; `on_serving` once serving."""
     running = await build_server(config)
+    if on_serving is not None:
+        on_serving()
     # What is loaded now (modules, sessions, descriptors: about 40,000 objects) lives until
     # exit; frozen, the collector stops re-scanning it, a 10 ms pause at every full pass.
     gc.freeze()

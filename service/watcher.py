@@ -77,13 +77,15 @@ def starting_version(config: ServerConfig) -> int:
 class VersionWatcher:
     """Keeps the data plane on the newest good version (or on the pinned one)."""
 
-    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, plane: DataPlane, config: ServerConfig, metrics: Metrics,
+                 refused: dict[int, tuple[Fingerprint, str]] | None = None) -> None:
         self.plane = plane
         self.config = config
         self._loaded = metrics.model_loads.labels("loaded")
         self._refused_total = metrics.model_loads.labels("refused")
         self._errors = metrics.model_loads.labels("error")
-        self._refused: dict[int, tuple[Fingerprint, str]] = {}
+        self._refused: dict[int, tuple[Fingerprint, str]] = dict(refused or {})
+        """Version -> its files when refused (at start-up or since), and why."""
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._missing_warned = False

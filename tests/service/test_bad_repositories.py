@@ -1,11 +1,14 @@
-"""Every bad model repository stops the server with one line naming the file, and exit 2."""
+"""A repository with no good version stops the server with one line naming the file, and
+exit 2; a bad newest version is refused, and the server starts on the newest good one."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,10 +86,10 @@ CASES = {
 }
 
 
-def _serve(repo: Path) -> subprocess.CompletedProcess[str]:
+def _serve(repo: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "service.cli", "--model-repo", str(repo),
-                           "--port", "0", "--metrics-port", "-1"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+                           "--port", "0", "--metrics-port", "-1", *flags], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -122,3 +125,39 @@ def test_vae_export_publishes_beside_odd_folders(model_repo: Path, digits_run: P
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert (repo / "vae" / "2" / "manifest.json").is_file()
+
+
+def bad_newest(model_repo: Path, tmp_path: Path) -> Path:
+    """A repository of vae/1 and vae/2, a copy of it whose decoder lost a byte after export."""
+    repo = tmp_path / "models"
+    shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")
+    bad = shutil.copytree(repo / "vae" / "1", repo / "vae" / "2")
+    (bad / "manifest.json").write_text(json.dumps({**_manifest(bad), "version": 2}))
+    blob = bytearray((bad / "decoder.onnx").read_bytes())
+    blob[-10] ^= 0xFF
+    (bad / "decoder.onnx").write_bytes(bytes(blob))
+    return repo
+
+
+async def test_a_bad_newest_version_is_refused_and_the_older_good_one_serves(
+        start_server: StartServer, model_repo: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    running = await start_server(model_repo=bad_newest(model_repo, tmp_path), metrics_port=0)
+    await running.watcher.rescan()  # not tried again while its files are unchanged
+    url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+    scraped = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert running.plane.current.number == 1
+    assert 'vae_model_loads_total{result="refused"} 1.0' in scraped
+    assert "refused" in caplog.text and "vae/2/decoder.onnx: sha256" in caplog.text
+
+
+def test_a_pinned_bad_version_or_no_good_one_stops_the_start(model_repo: Path,
+                                                             tmp_path: Path) -> None:
+    repo = bad_newest(model_repo, tmp_path)
+    pinned = _serve(repo, "--model-version", "2")  # the operator asked for exactly that one
+    _unknown_key(repo / "vae" / "1")
+    none_good = _serve(repo)
+    for done in (pinned, none_good):  # the newest version's reason
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "vae/2/decoder.onnx: sha256" in done.stderr
