@@ -28,6 +28,10 @@ from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 ROUND_ROBIN = [("grpc.lb_policy_name", "round_robin")]
+HEALTH_CHECKED = [("grpc.service_config", json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name}}))]
+"""round_robin that also leaves a replica whose health Watch says NOT_SERVING."""
 
 
 def round_robin_target(ports: list[int]) -> str:
@@ -55,11 +59,12 @@ async def steady_calls(stub: vae_pb2_grpc.VaeServiceStub, latent_dim: int, concu
 
 
 async def rolling_stop(repo: Path, model: str, concurrency: int, warm_s: float, after_s: float,
-                       settings: dict[str, float]) -> dict[str, object]:
+                       settings: dict[str, float], options: list[tuple[str, str]]
+                       ) -> dict[str, object]:
     servers = [vae_server(repo, model, **settings) for _ in range(2)]  # type: ignore[arg-type]
     try:
         async with grpc.aio.insecure_channel(round_robin_target([s.port for s in servers]),
-                                             options=ROUND_ROBIN) as channel:
+                                             options=options) as channel:
             stub = vae_pb2_grpc.VaeServiceStub(channel)
             info = await stub.GetModelInfo(vae_pb2.GetModelInfoRequest(), timeout=30)
             stop = asyncio.Event()
@@ -92,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grace-s", type=float, default=10.0, help="the servers' --grace-s")
     p.add_argument("--drain-delay-s", type=float, default=None,
                    help="the servers' --drain-delay-s (default: the server's own)")
+    p.add_argument("--health-check", action="store_true",
+                   help="the client also watches each replica's health (healthCheckConfig)")
     args = p.parse_args(argv)
     settings = {"grace_s": args.grace_s}
     if args.drain_delay_s is not None:
         settings["drain_delay_s"] = args.drain_delay_s
     result = asyncio.run(rolling_stop(args.repo, args.model, args.concurrency, args.warm_s,
-                                      args.after_s, settings))
+                                      args.after_s, settings,
+                                      HEALTH_CHECKED if args.health_check else ROUND_ROBIN))
     print(json.dumps(result))
     return 0
 
