@@ -95,8 +95,8 @@ class RunningServer:
         """NOT_SERVING at once; serving on for delay_s while endpoints and clients move to other
         replicas; then GOAWAY, so new calls go elsewhere, and in-flight ones get grace_s.
 
-        Calls are not refused during the delay: a client that has not yet moved would see
-        errors where another replica could have answered (docs/serving.md, Stopping).
+        Calls are not refused during the delay: a client that has not moved yet would get an
+        error for a call this replica can still answer (docs/serving.md, Stopping).
         """
         self.watching.cancel()
         await self.health.enter_graceful_shutdown()
