@@ -17,6 +17,10 @@ from grpc_health.v1._async import HealthServicer
 
 from service.metrics import Metrics
 
+CLOSING = (grpc.StatusCode.UNAVAILABLE,
+           "the server is shutting down; reconnect and the channel picks another replica")
+"""How a stream ends, or is refused, once the server has sent GOAWAY."""
+
 
 class StreamLimit:
     """At most `limit` streams open on one port: more are refused with RESOURCE_EXHAUSTED,
@@ -32,8 +36,7 @@ class StreamLimit:
 
     def _refusal(self) -> tuple[grpc.StatusCode, str] | None:
         if self._closed:
-            return (grpc.StatusCode.UNAVAILABLE,
-                    "the server is shutting down; reconnect and the channel picks another replica")
+            return CLOSING
         if len(self._open) >= self.limit:
             return (grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{len(self._open)} health Watch and reflection streams are open on this "
@@ -54,15 +57,14 @@ class StreamLimit:
         self._gauge.inc()
         try:
             await task
+            return
         except asyncio.CancelledError:
             if not (self._closed and task.cancelled()):
                 raise  # the client went away, or grpc cancelled the call
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "the server is shutting down; reconnect and the channel picks "
-                                "another replica")
-        finally:
+        finally:  # before the status goes out: the server's stop may end with it
             self._open.discard(task)
             self._gauge.dec()
+        await context.abort(*CLOSING)
 
     def close(self) -> None:
         """End every open stream with UNAVAILABLE and refuse new ones: after GOAWAY its client

@@ -76,6 +76,7 @@ async def test_sigterm_under_load_from_one_replica_ends_every_call_with_a_status
         proc.send_signal(signal.SIGTERM)
         stopped.set()
         outcomes = [o for client in await asyncio.gather(*clients) for o in client]
+        await asyncio.wait_for(proc.wait(), 60)
     finally:
         for channel in channels:
             await channel.close()
