@@ -30,7 +30,9 @@ RETRY_POLICY = {"maxAttempts": 4, "initialBackoff": "0.05s", "maxBackoff": "1s",
 """gRPC retries every VaeService call (all idempotent) on a draining pod or a full queue."""
 SERVICE_CONFIG = json.dumps({"methodConfig": [{
     "name": [{"service": vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name}],
-    "retryPolicy": RETRY_POLICY}]})
+    "retryPolicy": RETRY_POLICY}],
+    # With round_robin: leave a replica as soon as its health says NOT_SERVING (a stopping one).
+    "healthCheckConfig": {"serviceName": vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name}})
 
 
 def channel_credentials(ca_file: Path | None, cert_file: Path | None = None,

@@ -152,8 +152,15 @@ class ServerConfig:
     max_sample_count: int = setting(1024, "largest Sample.count accepted", parse_int, "N")
     workers: int = setting(1, "server processes sharing --port (SO_REUSEPORT), each with its own "
                            "sessions; auto (0) = one per usable core", parse_count, "N|auto")
-    grace_s: float = setting(10.0, "seconds in-flight requests get to finish after SIGTERM before "
-                             "the server stops", parse_float, "S")
+    drain_delay_s: float = setting(0.0, "seconds the server keeps serving after SIGTERM with "
+                                   "health NOT_SERVING, while endpoints and clients move to "
+                                   "other replicas, before it sends GOAWAY; Kubernetes: a few "
+                                   "seconds (the manifests set 5)", parse_float, "S")
+    grace_s: float = setting(10.0, "seconds in-flight requests get to finish after GOAWAY before "
+                             "the server cancels them and exits", parse_float, "S")
+    max_streams: int = setting(1024, "long-lived streams (health Watch, reflection) open at once "
+                               "per port; more get RESOURCE_EXHAUSTED. Model calls have their "
+                               "own bound (max_queue_rows)", parse_int, "N")
     log_level: str = setting("INFO", "logging level", parse_choice(LOG_LEVELS, upper=True))
 
     # Transport security (docs/serving.md, "Transport security"). The files are re-read when
@@ -191,12 +198,13 @@ class ServerConfig:
         return 1 if on_gpu else self.intra_op_threads or usable_cores()
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_queue_rows", "max_sample_count")
+        positive = ("max_batch_size", "max_queue_rows", "max_sample_count", "max_streams")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("model_version", "max_queue_delay_us", "inline_below_us", "intra_op_threads",
-                     "serial_below_rows", "grace_s", "max_message_bytes", "poll_interval_s"):
+                     "serial_below_rows", "drain_delay_s", "grace_s", "max_message_bytes",
+                     "poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("workers", "instances"):

@@ -22,6 +22,7 @@ METRIC_NAMES = (
     "vae_model_loads_total",
     "vae_tls_certificate_expiry_timestamp_seconds",
     "vae_tls_reloads_total",
+    "vae_streams_open",
 )
 """Stable names: dashboards, the HPA and the k8s checks depend on them."""
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -60,6 +61,9 @@ class Metrics:
         self.model_info = Gauge("vae_model_info", "The served model version and provider (= 1)",
                                 ["version", "provider"], registry=registry,
                                 multiprocess_mode="livemax")
+        self.streams_open = Gauge("vae_streams_open", "Long-lived streams (health Watch, "
+                                  "reflection) open now, by port (grpc, health)", ["port"],
+                                  registry=registry, multiprocess_mode="livesum")
         self.model_loads = Counter("vae_model_loads", "Model versions switched to while serving, "
                                    "or refused at start-up or while serving, by result (loaded, "
                                    "refused; error: a rescan of the repository that failed)",

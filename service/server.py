@@ -1,4 +1,4 @@
-"""Build and run the grpc.aio server: VaeService, health, reflection, metrics, TLS, graceful drain."""
+"""Build and run the grpc.aio server: VaeService, health, reflection, metrics, TLS, graceful stop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import gc
 import logging
 import math
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
@@ -34,6 +33,7 @@ from service.repository import (
 )
 from service.servicer import VaeServicer
 from service.status import CallGate, add_service
+from service.streams import BoundedHealth, StreamLimit
 from service.tls import server_credentials
 from service.v2_servicer import InferenceServicer
 from service.vae.v1 import vae_pb2
@@ -47,11 +47,24 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class MethodAwareReflection(ReflectionServicer):  # type: ignore[misc]
-    """Also resolves method symbols (vae.v1.VaeService.Sample), which ghz asks for.
+    """Also resolves method symbols (vae.v1.VaeService.Sample), which ghz asks for; its streams
+    count against the port's StreamLimit.
 
     grpcio's reflection only knows message and service symbols (grpc/grpc#34743,
     bojand/ghz#419); a method resolves to the file of its service.
     """
+
+    def __init__(self, service_names: tuple[str, ...], streams: StreamLimit) -> None:
+        super().__init__(service_names)
+        self._streams = streams
+
+    async def ServerReflectionInfo(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        async def answer() -> None:
+            async for response in super(MethodAwareReflection, self).ServerReflectionInfo(
+                    request_iterator, context):
+                await context.write(response)
+
+        await self._streams.hold("ServerReflectionInfo", context, answer())
 
     def _file_containing_symbol(self, request, fully_qualified_name):  # type: ignore[no-untyped-def]
         response = super()._file_containing_symbol(request, fully_qualified_name)
@@ -69,7 +82,7 @@ class MethodAwareReflection(ReflectionServicer):  # type: ignore[misc]
 
 @dataclass
 class RunningServer:
-    """A started server and what it owns; `stop` drains in that order."""
+    """A started server and what it owns; `stop` ends it in that order."""
 
     server: grpc.aio.Server
     port: int
@@ -81,17 +94,25 @@ class RunningServer:
     metrics: Metrics
     metrics_http: WSGIServer | None
     gate: CallGate
+    streams: StreamLimit
     health_server: grpc.aio.Server | None = None
     health_port: int = -1
     """The plaintext health-only port beside a TLS --port; -1 when there is none."""
 
-    async def stop(self, grace_s: float) -> None:
-        """NOT_SERVING at once, new RPCs refused, in-flight ones get grace_s to finish."""
+    async def stop(self, grace_s: float, delay_s: float = 0.0) -> None:
+        """NOT_SERVING at once; serving on for delay_s while endpoints and clients move to other
+        replicas; then GOAWAY, so new calls go elsewhere, and in-flight ones get grace_s.
+
+        Calls are not refused during the delay: a client that has not moved yet would get an
+        error for a call this replica can still answer (docs/serving.md, Stopping).
+        """
         self.watching.cancel()
-        stop_by_s = time.monotonic() + grace_s
         await self.health.enter_graceful_shutdown()
-        await self.gate.drain(grace_s)
-        await self.server.stop(max(0.0, stop_by_s - time.monotonic()))
+        await asyncio.sleep(delay_s)
+        stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        await asyncio.sleep(0)  # GOAWAY is out: a stream ended now reopens on a new connection
+        self.streams.close()
+        await stopping
         if self.health_server is not None:  # probes saw NOT_SERVING until now
             await self.health_server.stop(0)
         await self.plane.close()
@@ -132,16 +153,17 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     if config.metrics_port >= 0:
         metrics_http = serve_metrics(config.metrics_port, config.host, registry)
     server = grpc.aio.server(options=options,
-                             maximum_concurrent_rpcs=2 * max_calls + CONTROL_CALLS)
+                             maximum_concurrent_rpcs=concurrent_rpcs(max_calls, config.max_streams))
     watcher = VersionWatcher(plane, config, metrics, refused)
     add_service(server, VaeServicer(plane, gate), vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
     add_service(server, InferenceServicer(plane, watcher, gate),
                 grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    streams = StreamLimit(metrics, "grpc", config.max_streams)
+    health_pb2_grpc.add_HealthServicer_to_server(BoundedHealth(health, streams), server)
     reflected = (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflection(reflected),
-                                                               server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        MethodAwareReflection(reflected, streams), server)
     address = f"{config.host}:{config.port}"
     if credentials is None:
         port = server.add_insecure_port(address)
@@ -150,7 +172,9 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     await server.start()
     health_server, health_port = None, -1
     if credentials is not None and config.health_port >= 0:
-        health_server, health_port = await _serve_health_only(health, config, options)
+        health_server, health_port = await _serve_health_only(
+            BoundedHealth(health, StreamLimit(metrics, "health", config.max_streams)), config,
+            options)
     metrics_port = -1 if metrics_http is None else int(metrics_http.server_port)
     for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -162,14 +186,14 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                     else "server certificate only", health_port if health_port >= 0 else "off")
     watching = asyncio.get_running_loop().create_task(watcher.run(), name="version-watcher")
     return RunningServer(server, port, metrics_port, health, plane, watcher, watching, metrics,
-                         metrics_http, gate, health_server, health_port)
+                         metrics_http, gate, streams, health_server, health_port)
 
 
 BACKLOG_CALLS = 16384
 """Calls grpc may hold before our event loop takes them; each holds its metadata and at most
 one HTTP/2 stream window (64 KiB) of its request, so at most about 1 GiB."""
 CONTROL_CALLS = 256
-"""Health and reflection calls, never refused by the CallGate, within grpc's backstop limit."""
+"""Health Check calls (over at once, never refused) within grpc's backstop limit."""
 MESSAGE_HEADROOM_BYTES = 64 * 1024
 """Room for protobuf framing, names and metadata around the tensor bytes."""
 
@@ -181,6 +205,13 @@ def message_limit_bytes(manifest: Manifest, config: ServerConfig) -> int:
     largest_request = config.max_queue_rows * 4 * max(image, manifest.latent_dim)
     largest_sample = config.max_sample_count * 4 * (image + manifest.latent_dim)
     return max(largest_request, largest_sample) + MESSAGE_HEADROOM_BYTES
+
+
+def concurrent_rpcs(max_calls: int, max_streams: int) -> int:
+    """grpc's maximum_concurrent_rpcs, a backstop that refuses uncounted: room for every call
+    and stream we admit plus as many being refused (each holds a slot until it has answered),
+    and health Checks, so our own bounds always act first."""
+    return 2 * (max_calls + max_streams) + CONTROL_CALLS
 
 
 def max_admitted_calls(config: ServerConfig) -> int:
@@ -214,11 +245,13 @@ async def _first_version(config: ServerConfig
     raise errors[0]
 
 
-async def _serve_health_only(health: HealthServicer, config: ServerConfig,
+async def _serve_health_only(health: BoundedHealth, config: ServerConfig,
                              options: list[tuple[str, int]]) -> tuple[grpc.aio.Server, int]:
-    """A second, plaintext server with the same HealthServicer and nothing else: kubelet's gRPC
-    probes speak neither TLS nor client certificates. Every other service is UNIMPLEMENTED."""
-    server = grpc.aio.server(options=options)
+    """A second, plaintext server with the same health state and nothing else: kubelet's gRPC
+    probes speak neither TLS nor client certificates. Every other service is UNIMPLEMENTED.
+    Anonymous, so bounded like the main port: its own Watch streams, no model calls."""
+    server = grpc.aio.server(options=options,
+                             maximum_concurrent_rpcs=concurrent_rpcs(0, config.max_streams))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_insecure_port(f"{config.host}:{config.health_port}")
     await server.start()
@@ -226,7 +259,8 @@ async def _serve_health_only(health: HealthServicer, config: ServerConfig,
 
 
 async def serve(config: ServerConfig, on_serving: Callable[[], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain within config.grace_s; `on_serving` once serving."""
+    """Run until SIGTERM or SIGINT, then stop: drain_delay_s, GOAWAY, up to grace_s;
+    `on_serving` once serving."""
     running = await build_server(config)
     if on_serving is not None:
         on_serving()
@@ -239,6 +273,7 @@ async def serve(config: ServerConfig, on_serving: Callable[[], None] | None = No
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, running.watcher.rescan_soon)
     await stop.wait()
-    logger.info("draining: NOT_SERVING, up to %.1f s for in-flight requests", config.grace_s)
-    await running.stop(config.grace_s)
+    logger.info("stopping: NOT_SERVING, serving on for %.1f s, then GOAWAY and up to %.1f s "
+                "for in-flight requests", config.drain_delay_s, config.grace_s)
+    await running.stop(config.grace_s, config.drain_delay_s)
     logger.info("stopped")

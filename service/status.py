@@ -6,7 +6,6 @@ holds the server's `CallGate` as `self.gate`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -86,17 +85,14 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
-QUIET_S = 0.1
-"""Drain: no new call for this long means grpc holds no call we have not yet seen."""
-
-
 class CallGate:
     """Every call of every front passes here: admitted or refused, timed and counted.
 
     Refuses, counted in vae_requests_total, the calls the server cannot take: beyond
-    max_calls in flight RESOURCE_EXHAUSTED, and every new one UNAVAILABLE while draining.
-    Health and reflection never pass here, so they are never refused: a probe failing under
-    load would restart a busy pod.
+    max_calls in flight RESOURCE_EXHAUSTED. Health and reflection never pass here, so they
+    are never refused for load: a probe failing under load would restart a busy pod (their
+    long-lived streams have a bound of their own, service/streams.py). A stopping server
+    refuses nothing here either: GOAWAY sends new calls elsewhere (RunningServer.stop).
 
     Part of the handler, not a grpc interceptor: an interceptor costs every call one more
     coroutine and handler wrapper (about 10 % of requests/s, docs/benchmarks.md). Not grpc's
@@ -109,8 +105,6 @@ class CallGate:
         self.max_message_bytes = max_message_bytes
         """grpc's max_send_message_length: a larger answer is refused here, counted."""
         self.calls = 0
-        self.draining = False
-        self.last_arrival_s = time.monotonic()
         self.inflight = metrics.inflight
         self._metrics = metrics
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -137,28 +131,11 @@ class CallGate:
 
     def refusal(self) -> tuple[grpc.StatusCode, str] | None:
         """Why a call arriving now is refused, or None when it is admitted."""
-        if self.draining:
-            return (grpc.StatusCode.UNAVAILABLE,
-                    "the server is draining (SIGTERM); retry on another replica")
         if self.calls >= self.max_calls:
             return (grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"server busy: {self.calls} calls in flight, the most its queues can hold "
                     "(see max_queue_rows); retry with backoff")
         return None
-
-    async def drain(self, timeout_s: float) -> None:
-        """Refuse new calls with UNAVAILABLE until those admitted are done and grpc has handed
-        over every call it queued (no arrival for QUIET_S), or timeout_s passed.
-
-        Only then may grpc's stop run: it cancels, with a bare CANCELLED, the calls it still
-        queues and those still running.
-        """
-        self.draining = True
-        give_up_s = time.monotonic() + timeout_s
-        while time.monotonic() < give_up_s:
-            if self.calls == 0 and time.monotonic() - self.last_arrival_s >= QUIET_S:
-                return
-            await asyncio.sleep(0.02)
 
 
 class Servicer(Protocol):
@@ -197,7 +174,7 @@ def rpc(method: str, items: Callable[[Response], int] | None) -> Callable[[Handl
         async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext
                           ) -> bytes:
             gate = self.gate
-            started = gate.last_arrival_s = time.monotonic()
+            started = time.monotonic()
             refused = gate.refusal()
             if refused is not None:
                 gate.finished(method, refused[0]).inc()

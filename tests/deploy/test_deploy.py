@@ -29,8 +29,7 @@ DOCKERFILES = (DEPLOY / "docker" / "Dockerfile", DEPLOY / "docker" / "Dockerfile
 CHECKOV_CONFIG = DEPLOY / "k8s" / ".checkov.yaml"
 DASHBOARD = DEPLOY / "grafana" / "vae-serve.json"
 OVERLAYS = ("cpu", "gpu", "tls")
-# The oldest Kubernetes the manifests support (the preStop `sleep` action is 1.30) and the
-# newest that kubernetes-validate knows.
+# The oldest Kubernetes the manifests support and the newest that kubernetes-validate knows.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 TOOL_DIRS = (ROOT / ".venv-tools" / "bin", ROOT / ".venv" / "bin", Path(sys.executable).parent)
 READINESS_SERVICE = "vae.v1.VaeService"
@@ -221,9 +220,10 @@ def test_agreement(rendered: dict[str, tuple[Path, list[Obj]]], overlay: str) ->
     assert {n for n in names if n.startswith("VAE_SERVE_")} <= env_names()
     assert server["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
 
-    # Drain: preStop sleep, then the server's grace, within the pod's termination grace.
-    assert pod["terminationGracePeriodSeconds"] > server["lifecycle"]["preStop"]["sleep"]["seconds"] + (
-        config.grace_s)
+    # Stop: the server's own pre-stop delay (no preStop hook holding back SIGTERM, which would
+    # keep health SERVING), then its grace, within the pod's termination grace.
+    assert config.drain_delay_s > 0 and "lifecycle" not in server
+    assert pod["terminationGracePeriodSeconds"] > config.drain_delay_s + config.grace_s
 
     # The model repository: written by the init container, read-only for the server.
     mounts = {m["name"]: m for m in server["volumeMounts"]}
