@@ -337,7 +337,7 @@ BROKEN: list[tuple[str, str, Callable[[Obj], None], str]] = [
      "$.spec.containers[0].resources.limits.memory: '1 GB' does not match"),
     ("ServingRuntime", "a variable set twice",
      _append((*SERVER, "env"), {"name": "VAE_SERVE_PORT", "value": "1"}),
-     "$.spec.containers[0].env[16]: duplicate of [4] (map key"),
+     f"$.spec.containers[0].env[{len(env_names())}]: duplicate of [4] (map key"),
     ("ServingRuntime", "priority below its minimum",
      _set(("spec", "supportedModelFormats", 0, "priority"), 0),
      "$.spec.supportedModelFormats[0].priority: 0 is below the minimum 1"),

@@ -17,6 +17,7 @@ from service.repository import parse_canonical_version
 from service.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer, server_config, spawn_server
+from tests.service.test_repository_control import ADMIN, CONTROL
 
 Tensor = pb.ModelInferRequest.InferInputTensor
 Output = pb.ModelInferRequest.InferRequestedOutputTensor
@@ -125,7 +126,7 @@ CASES: dict[str, tuple[tuple[str, Message], str]] = {
 
 @pytest.fixture(scope="module")
 async def hostile_server(model_repo: Path) -> AsyncIterator[RunningServer]:
-    running = await build_server(server_config(model_repo))
+    running = await build_server(server_config(model_repo, **CONTROL))  # Load parses versions
     yield running
     await running.stop(1.0)
 
@@ -135,7 +136,7 @@ async def _call(running: RunningServer, call: tuple[str, Message]) -> grpc.aio.A
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = (pb_grpc.GRPCInferenceServiceStub if front == "v2" else vae_pb2_grpc.VaeServiceStub)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await getattr(stub(channel), method)(call[1], timeout=30)
+            await getattr(stub(channel), method)(call[1], timeout=30, metadata=ADMIN)
     return caught.value
 
 
