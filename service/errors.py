@@ -1,6 +1,12 @@
 """Plain exceptions the core raises; only service/status.py maps them to gRPC status codes."""
 
 
+def first_line(err: BaseException) -> str:
+    """An error in one log or status line: its message's first line, or its class when empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class ServiceError(Exception):
     """Base class: the message is shown to the client and must say what to do."""
 
@@ -18,7 +24,7 @@ class DeadlineExpired(ServiceError):
 
 
 class ModelUnavailable(ServiceError):
-    """No model is loaded, or the server is draining."""
+    """No model can answer now (shutting down, a device missing, a worker stopping); retry elsewhere."""
 
 
 class NotFound(ServiceError):

@@ -45,7 +45,8 @@ class ModelSignature:
 
 
 def _plain(value: Any) -> Any:
-    """A tuple as a list, so (1, 8, 8) equals [1, 8, 8]; dicts compare without key order."""
+    """A tuple as a list, so (1, 8, 8) equals [1, 8, 8]; dicts compare without key order
+    (output lists come sorted from Manifest.signature: outputs are bound by name)."""
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -98,7 +99,7 @@ class Manifest:
     @property
     def signature(self) -> ModelSignature:
         return ModelSignature(self.model_name, self.image_shape, self.latent_dim, self.inputs,
-                              self.outputs)
+                              {graph: sorted(names) for graph, names in self.outputs.items()})
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ModelUnavailable
+from service.errors import ModelUnavailable, first_line
 from service.repository import GraphError
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _open_session(path: Path, providers: list[str], intra_op_threads: int) -> or
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # ONNX Runtime's errors share no public base class
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise GraphError(f"{path}: ONNX Runtime cannot load this graph ({reason}); "
                          "re-export it with vae-export") from err
 

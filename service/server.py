@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from service.config import ServerConfig
 from service.dataplane import DataPlane
+from service.errors import first_line
 from service.inference import grpc_service_pb2
 from service.metrics import Metrics, TlsMetrics, serve_metrics
 from service.ports import listening_ports, require_free_ports
@@ -149,32 +150,40 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
                ("grpc.server.max_pending_requests", max_calls + BACKLOG_CALLS),
                ("grpc.server.max_pending_requests_hard_limit", max_calls + BACKLOG_CALLS)]
     gate = CallGate(metrics, max_calls, limit)
-    metrics_http = None  # before any grpc server exists: one left unstarted breaks at exit
-    if config.metrics_port >= 0:
-        metrics_http = serve_metrics(config.metrics_port, config.host, registry)
-    server = grpc.aio.server(options=options,
-                             maximum_concurrent_rpcs=concurrent_rpcs(max_calls, config.max_streams))
-    watcher = VersionWatcher(plane, config, metrics, refused)
-    add_service(server, VaeServicer(plane, gate), vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
-    add_service(server, InferenceServicer(plane, watcher, gate),
-                grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
-    health = HealthServicer()
-    streams = StreamLimit(metrics, "grpc", config.max_streams)
-    health_pb2_grpc.add_HealthServicer_to_server(BoundedHealth(health, streams), server)
-    reflected = (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        MethodAwareReflection(reflected, streams), server)
-    address = f"{config.host}:{config.port}"
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
-    await server.start()
-    health_server, health_port = None, -1
-    if credentials is not None and config.health_port >= 0:
-        health_server, health_port = await _serve_health_only(
-            BoundedHealth(health, StreamLimit(metrics, "health", config.max_streams)), config,
-            options)
+    metrics_http: WSGIServer | None = None
+    server: grpc.aio.Server | None = None
+    try:  # whatever started is stopped again when a later step fails: no thread, port or
+        # unstopped grpc server (whose finaliser breaks at exit) outlives a failed start
+        if config.metrics_port >= 0:
+            metrics_http = serve_metrics(config.metrics_port, config.host, registry)
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=concurrent_rpcs(
+            max_calls, config.max_streams))
+        watcher = VersionWatcher(plane, config, metrics, refused)
+        add_service(server, VaeServicer(plane, gate),
+                    vae_pb2.DESCRIPTOR.services_by_name["VaeService"])
+        add_service(server, InferenceServicer(plane, watcher, gate),
+                    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"])
+        health = HealthServicer()
+        streams = StreamLimit(metrics, "grpc", config.max_streams)
+        health_pb2_grpc.add_HealthServicer_to_server(BoundedHealth(health, streams), server)
+        reflected = (SERVICE_NAME, V2_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            MethodAwareReflection(reflected, streams), server)
+        port = _bind(server, config.host, config.port, "--port", credentials)
+        await server.start()
+        health_server, health_port = None, -1
+        if credentials is not None and config.health_port >= 0:
+            health_server, health_port = await _serve_health_only(
+                BoundedHealth(health, StreamLimit(metrics, "health", config.max_streams)), config,
+                options)
+    except BaseException:
+        if server is not None:
+            await server.stop(0)
+        if metrics_http is not None:
+            metrics_http.shutdown()
+            metrics_http.server_close()
+        await plane.close()
+        raise
     metrics_port = -1 if metrics_http is None else int(metrics_http.server_port)
     for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -224,23 +233,25 @@ def max_admitted_calls(config: ServerConfig) -> int:
 
 async def _first_version(config: ServerConfig
                          ) -> tuple[LoadedGraphs, dict[int, tuple[Fingerprint, str]]]:
-    """The pinned version (pin.json, else --model-version), else the newest that loads: a bad
-    one is refused, not a reason not to start. With none good, the newest one's error stops it."""
+    """The pinned version (pin.json), else --model-version's choice, else the newest that loads:
+    a bad one is refused, not a reason not to start. An explicit --model-version is exact (the
+    operator asked for that one); with none good, the first one's error stops the start."""
     repo, name = config.model_repo, config.model_name
     versions = published_versions(repo, name)
     wanted = starting_version(config)
-    if wanted or not versions:  # exactly the one asked for; none: a clear error
+    if not versions or (wanted and wanted == config.model_version):
         folder = resolve_version(repo, name, wanted)
         return await asyncio.to_thread(load_graphs, folder, config), {}
+    fallback = [config.model_version] if config.model_version else list(reversed(versions))
     refused: dict[int, tuple[Fingerprint, str]] = {}
     errors: list[Exception] = []
-    for number in reversed(versions):
+    for number in dict.fromkeys(v for v in (wanted, *fallback) if v):
         folder = repo / name / str(number)
         marks = fingerprint(folder)
         try:
             return await asyncio.to_thread(load_graphs, folder, config), refused
         except (ManifestError, IntegrityError, GraphError, OSError) as err:
-            refused[number] = (marks, str(err).splitlines()[0])
+            refused[number] = (marks, first_line(err))
             errors.append(err)
     raise errors[0]
 
@@ -253,9 +264,26 @@ async def _serve_health_only(health: BoundedHealth, config: ServerConfig,
     server = grpc.aio.server(options=options,
                              maximum_concurrent_rpcs=concurrent_rpcs(0, config.max_streams))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(f"{config.host}:{config.health_port}")
-    await server.start()
+    try:
+        port = _bind(server, config.host, config.health_port, "--health-port", None)
+        await server.start()
+    except BaseException:
+        await server.stop(0)
+        raise
     return server, port
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, flag: str,
+          credentials: grpc.ServerCredentials | None) -> int:
+    """The bound port; grpc's bind failure (a RuntimeError) as the one-line OSError of a busy port."""
+    address = f"{host}:{port}"
+    try:
+        if credentials is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, credentials))
+    except RuntimeError as err:
+        raise OSError(f"{flag} {port}: grpc cannot bind {address} ({first_line(err)}); stop the "
+                      "other server or pick another port (0 = any free port)") from None
 
 
 async def serve(config: ServerConfig, on_serving: Callable[[], None] | None = None) -> None:

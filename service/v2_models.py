@@ -77,13 +77,13 @@ def find_model(models: dict[str, V2Model], name: str) -> V2Model:
     return models[name]
 
 
-def parse_version(text: str) -> int:
+def parse_version(text: str, field: str = "model_version") -> int:
     """'' = the current version; otherwise a version in its canonical spelling."""
     if not text:
         return 0
     version = parse_canonical_version(text)
     if version is None:
-        raise InvalidInput(f"model_version {shown(text)} is not a version number; write one in ASCII "
+        raise InvalidInput(f"{field} {shown(text)} is not a version number; write one in ASCII "
                            f"digits without sign or leading zero (1..{MAX_VERSION}), or leave it "
                            "empty for the current one")
     return version
@@ -188,7 +188,7 @@ def requested_version(parameters: Mapping[str, Any]) -> int:
             raise InvalidInput(f"parameter version: {kind or 'no value'}; send the version as "
                                "string_param or int64_param, or leave the parameter out for the "
                                "newest")
-        return parse_version(text)
+        return parse_version(text, "parameter version")
     if "config" not in parameters:
         return 0
     try:
@@ -214,4 +214,4 @@ def requested_version(parameters: Mapping[str, Any]) -> int:
     if isinstance(version, bool) or not isinstance(version, int | str):
         raise InvalidInput(f"parameter config: version {json.dumps(version)[:24]} is not a "
                            "version number; send an integer such as 2")
-    return parse_version(str(version))
+    return parse_version(str(version), "parameter config: version")

@@ -43,7 +43,7 @@ CONFIG_TYPE = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "UINT64": mc.TYPE_U
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """One method per RPC; RPCs not listed here answer UNIMPLEMENTED (grpc's default)."""
+    """One method per RPC; the RPCs not implemented here answer UNIMPLEMENTED through `rpc` (counted)."""
 
     def __init__(self, plane: DataPlane, watcher: VersionWatcher, gate: CallGate) -> None:
         self.plane = plane

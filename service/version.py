@@ -17,6 +17,7 @@ import numpy as np
 
 from service.batcher import BatchObserver, DynamicBatcher
 from service.config import ServerConfig
+from service.errors import first_line
 from service.repository import (
     GRAPH_FILES,
     GraphError,
@@ -81,9 +82,13 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
     for graph, (inputs, outputs) in contract.items():
         _check_signature(folder / GRAPH_FILES[graph], runners[graph].inputs, inputs)
         _check_signature(folder / GRAPH_FILES[graph], runners[graph].outputs, outputs)
-    for n in sorted({*WARMUP_BATCH_SIZES, config.max_batch_size}):
-        runners["encoder"].run(np.zeros((n, *image), np.float32))
-        runners["decoder"].run(np.zeros((n, *latent), np.float32))
+    try:
+        for n in sorted({*WARMUP_BATCH_SIZES, config.max_batch_size}):
+            runners["encoder"].run(np.zeros((n, *image), np.float32))
+            runners["decoder"].run(np.zeros((n, *latent), np.float32))
+    except Exception as err:  # ONNX Runtime's errors (out of memory, a kernel) derive from Exception
+        raise GraphError(f"{folder}: the warm-up run failed ({first_line(err)}); check the "
+                         "graphs with vae-export --check, or lower --max-batch-size") from err
     logger.info("loaded %s in %.2f s", folder, time.monotonic() - started)
     return LoadedGraphs(folder, manifest, runners["encoder"], runners["decoder"])
 

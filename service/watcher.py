@@ -25,7 +25,13 @@ from typing import Any
 
 from service.config import ServerConfig, usable_cores
 from service.dataplane import DataPlane
-from service.errors import FailedPrecondition, ModelUnavailable, NotFound, ServiceError
+from service.errors import (
+    FailedPrecondition,
+    ModelUnavailable,
+    NotFound,
+    ServiceError,
+    first_line,
+)
 from service.metrics import Metrics
 from service.pin import PinError, pin_path, read_pin, write_json, write_pin
 from service.repository import (
@@ -58,20 +64,29 @@ def fingerprint(folder: Path) -> Fingerprint:
     return tuple(marks)
 
 
-def starting_version(config: ServerConfig) -> int:
-    """What a (re)starting server loads: the pin while it names a version on disk, else
-    --model-version (0 = the newest); a pin that cannot be used is a warning, not a stop."""
+def wanted_version(config: ServerConfig) -> tuple[int, str]:
+    """The version to serve (0 = the newest) and why the pin is passed over ("" when it is not):
+    the pin while it names a version on disk, else --model-version. An unreadable pin raises
+    PinError: a running server keeps what it serves, a starting one uses starting_version."""
     repo, name = config.model_repo, config.model_name
+    pinned = read_pin(repo, name)
+    if pinned and pinned not in published_versions(repo, name):
+        return config.model_version, (f"{pin_path(repo, name)} pins version {pinned}, which is "
+                                      "not on disk; following --model-version")
+    return pinned or config.model_version, ""
+
+
+def starting_version(config: ServerConfig) -> int:
+    """What a (re)starting server loads first: wanted_version, with an unusable pin a warning
+    rather than a reason not to start."""
     try:
-        pinned = read_pin(repo, name)
+        version, passed_over = wanted_version(config)
     except PinError as err:
         logger.warning("%s; starting by --model-version", err)
         return config.model_version
-    if pinned and pinned not in published_versions(repo, name):
-        logger.warning("%s pins version %d, which is not on disk; starting by --model-version",
-                       pin_path(repo, name), pinned)
-        return config.model_version
-    return pinned or config.model_version
+    if passed_over:
+        logger.warning("%s", passed_over)
+    return version
 
 
 class VersionWatcher:
@@ -90,13 +105,25 @@ class VersionWatcher:
         self._lock = asyncio.Lock()
         self._missing_warned = False
         self._last_error = ""
+        self._passed_over = ""
+        self._seen_pin: int | None = None
+        """The version pinned() answered last; None before the first rescan."""
         status = os.environ.get(STATUS_ENV) if config.workers != 1 else None
         self._status_dir = Path(status) if status else None
         """Under --workers: the supervisor's folder of per-worker status files."""
+        self._supervisor_pid = os.getppid()
 
     def pinned(self) -> int:
-        """The version to serve: the operator's pin, else --model-version; 0 = the newest."""
-        return read_pin(self.config.model_repo, self.config.model_name) or self.config.model_version
+        """The version to serve: the operator's pin, else --model-version; 0 = the newest. A pin
+        that changed makes its version worth a new try, here as on the worker that wrote it."""
+        version, passed_over = wanted_version(self.config)
+        if passed_over and passed_over != self._passed_over:
+            logger.warning("%s", passed_over)
+        self._passed_over = passed_over
+        if self._seen_pin is not None and version != self._seen_pin:
+            self._refused.pop(version, None)
+        self._seen_pin = version
+        return version
 
     def rescan_soon(self) -> None:
         """SIGHUP: rescan now rather than at the next poll."""
@@ -111,7 +138,7 @@ class VersionWatcher:
                 await self.rescan()
             except Exception as err:  # the loop must outlive any one rescan
                 self._errors.inc()
-                message = str(err).splitlines()[0] if str(err) else type(err).__name__
+                message = first_line(err)
                 if message != self._last_error:
                     logger.error("rescan of %s failed: %s; still serving %s; trying again at "
                                  "the next poll or SIGHUP", self.config.model_repo /
@@ -163,8 +190,9 @@ class VersionWatcher:
         try:
             await self._agree()
         except ServiceError:
-            write_pin(repo, name, previous)  # every worker follows the pin back
-            self._wake_workers()
+            if self._pin_or_none() == version:  # not when another Load has pinned since
+                write_pin(repo, name, previous)  # every worker follows the pin back
+                self._wake_workers()
             raise
 
     def refusal(self, version: int) -> str:
@@ -196,7 +224,7 @@ class VersionWatcher:
         try:
             return await asyncio.to_thread(self._load_candidate, folder)
         except Exception as err:  # any failure refuses the candidate; serving goes on
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = first_line(err)
             self._refused[number] = (marks, reason)
             self._refused_total.inc()
             logger.warning("refused %s: %s; still serving %s", folder, reason,
@@ -236,8 +264,12 @@ class VersionWatcher:
 
     def _wake_workers(self) -> None:
         """The supervisor passes SIGHUP to every worker: each rescans and reads the pin."""
-        if self._status_dir is not None:
-            os.kill(os.getppid(), signal.SIGHUP)
+        if self._status_dir is None:
+            return
+        if os.getppid() != self._supervisor_pid:
+            raise ModelUnavailable("this worker's supervisor is gone and the worker is stopping; "
+                                   "send the load to another connection or replica")
+        os.kill(self._supervisor_pid, signal.SIGHUP)
 
     async def _agree(self) -> None:
         """Under --workers: return once every worker serves this one's version under the same

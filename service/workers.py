@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from service.config import ServerConfig, usable_cores
@@ -246,6 +247,7 @@ class Supervisor:
                 if worker.ready_fd >= 0:
                     os.close(worker.ready_fd)
             multiprocess.mark_process_dead(pid, folder)
+            (Path(os.environ[STATUS_ENV]) / f"{pid}.json").unlink(missing_ok=True)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 worst = max(worst, abs(code))

@@ -301,8 +301,9 @@ async def test_a_failing_rescan_is_logged_counted_and_retried(
                for r in caplog.records if r.levelname == "ERROR")
 
 
-def _tiny_version(folder: Path, version: int, latent: int) -> None:
-    """A real, loadable version of latent size `latent`: linear graphs, manifest to match."""
+def _tiny_version(folder: Path, version: int, latent: int, runs: bool = True) -> None:
+    """A real, loadable version of latent size `latent`: linear graphs, manifest to match;
+    with runs=False its decoder gathers a pixel that is not there, which fails only when run."""
     import json
 
     import onnx
@@ -326,11 +327,13 @@ def _tiny_version(folder: Path, version: int, latent: int) -> None:
           value("log_var", TensorProto.FLOAT, ["batch", latent])],
          [numpy_helper.from_array(np.zeros((64, latent), np.float32), "we")])
     save("decoder", [helper.make_node("MatMul", ["z", "wd"], ["h"]),
-                     helper.make_node("Sigmoid", ["h"], ["p"]),
+                     helper.make_node("Sigmoid", ["h"], ["s"]),
+                     helper.make_node("Gather", ["s", "pixels"], ["p"], axis=1),
                      helper.make_node("Reshape", ["p", "shape"], ["x_hat"])],
          [value("z", TensorProto.FLOAT, ["batch", latent])],
          [value("x_hat", TensorProto.FLOAT, ["batch", 1, 8, 8])],
          [numpy_helper.from_array(np.zeros((latent, 64), np.float32), "wd"),
+          numpy_helper.from_array(np.arange(64, dtype=np.int64) + (0 if runs else 1), "pixels"),
           numpy_helper.from_array(np.array([-1, 1, 8, 8], np.int64), "shape")])
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest.update(version=version, latent_dim=latent,
@@ -371,3 +374,38 @@ async def test_a_version_with_another_signature_is_refused(
     assert running.plane.current.number == 1
     assert running.metrics.model_loads.labels("refused")._value.get() == 1
     assert len(refused) == 1 and reason in refused.pop()
+
+
+async def test_a_version_that_fails_its_warm_up_is_refused_at_start(start_server: StartServer,
+                                                                     live_repo: Path) -> None:
+    _tiny_version(live_repo / "vae" / "2", 2, latent=8, runs=False)
+    running = await start_server(model_repo=live_repo, poll_interval_s=0)
+    assert running.plane.current.number == 1
+    assert "the warm-up run failed" in running.watcher.refusal(2)
+
+
+async def test_a_version_listing_its_outputs_in_another_order_is_taken(
+        start_server: StartServer, live_repo: Path) -> None:
+    import json
+
+    running = await start_server(model_repo=live_repo, poll_interval_s=0)
+    folder = shutil.copytree(live_repo / "vae" / "1", live_repo / "vae" / "2")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.update(version=2, outputs={**manifest["outputs"], "encoder": ["log_var", "mean"]})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    await running.watcher.rescan()
+    assert running.plane.current.number == 2, running.watcher.refusal(2)
+
+
+async def test_a_pin_naming_a_missing_version_follows_model_version(
+        start_server: StartServer, live_repo: Path, variant_runs: list[Path]) -> None:
+    """As a restarted worker would: every worker of a server then serves the same version."""
+    from service.pin import write_pin
+
+    await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
+    write_pin(live_repo, "vae", 1)
+    running = await start_server(model_repo=live_repo, poll_interval_s=0)
+    assert running.plane.current.number == 1
+    shutil.rmtree(live_repo / "vae" / "1")  # the pinned folder is deleted
+    await running.watcher.rescan()
+    assert running.plane.current.number == 2
