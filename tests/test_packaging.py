@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from packaging.markers import Marker
@@ -49,7 +50,7 @@ def test_constraints_pin_nothing_pyproject_does_not_need() -> None:
     assert {"torch", "onnxruntime", "grpcio"} <= {canonicalize_name(n) for n in _pins()}
 
 
-def test_client_runs_without_the_server_packages(tmp_path) -> None:
+def test_client_runs_without_the_server_packages(tmp_path: Path) -> None:
     blocker = (
         "import sys\n"
         f"class Block:\n    def find_spec(self, name, path=None, target=None):\n"

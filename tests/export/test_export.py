@@ -50,13 +50,13 @@ def test_manifest_records_provenance(model_repo: Path) -> None:
     assert manifest.created.endswith("+00:00")
 
 
-def test_check_accepts_a_published_version(model_repo: Path, capsys) -> None:
+def test_check_accepts_a_published_version(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--check", str(model_repo / "vae" / "1")]) == 0
     assert "OK" in capsys.readouterr().out
 
 
 def test_flipped_byte_fails_check_naming_file_and_hashes(model_repo: Path, tmp_path: Path,
-                                                         capsys) -> None:
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     copy = shutil.copytree(model_repo / "vae" / "1", tmp_path / "1")
     blob = bytearray((copy / "decoder.onnx").read_bytes())
     blob[len(blob) // 2] ^= 0xFF
@@ -68,14 +68,14 @@ def test_flipped_byte_fails_check_naming_file_and_hashes(model_repo: Path, tmp_p
 
 
 def test_failure_midway_leaves_no_version_folder(digits_run: Path, tmp_path: Path,
-                                                 monkeypatch) -> None:
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify, "parity_errors", lambda *a: {"mean": 0.5, "log_var": 0, "x_hat": 0})
     assert main([str(digits_run), "--repo", str(tmp_path)]) == 1
     assert list((tmp_path / "vae").iterdir()) == []
 
 
 def test_export_picks_next_version_and_never_overwrites(digits_run: Path, tmp_path: Path,
-                                                        capsys) -> None:
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(digits_run), "--repo", str(tmp_path), "--version", "3"]) == 0
     assert main([str(digits_run), "--repo", str(tmp_path)]) == 0
     assert sorted(p.name for p in (tmp_path / "vae").iterdir()) == ["3", "4"]
@@ -83,7 +83,8 @@ def test_export_picks_next_version_and_never_overwrites(digits_run: Path, tmp_pa
     assert "already exists" in capsys.readouterr().err
 
 
-def test_export_needs_only_the_run_folder(digits_run: Path, tmp_path: Path, capsys) -> None:
+def test_export_needs_only_the_run_folder(digits_run: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     run = shutil.copytree(digits_run, tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
     config.update(dataset="mnist", data_dir=str(tmp_path / "gone"))
@@ -96,7 +97,8 @@ def test_export_needs_only_the_run_folder(digits_run: Path, tmp_path: Path, caps
 
 
 def test_a_different_image_shape_or_latent_needs_a_new_model_name(model_repo: Path, digits_run: Path,
-                                                                 tmp_path: Path, capsys) -> None:
+                                                                 tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     published = shutil.copytree(model_repo / "vae" / "1", tmp_path / "m" / "vae" / "1")
     manifest = json.loads((published / "manifest.json").read_text())
     manifest["latent_dim"] = 16
@@ -123,13 +125,14 @@ def _broken_run(kind: str, digits_run: Path, tmp_path: Path) -> Path:
     ("mismatch", "model.pt does not match config.json"),
 ])
 def test_bad_run_folders_exit_2(kind: str, message: str, digits_run: Path, tmp_path: Path,
-                                capsys) -> None:
+                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(_broken_run(kind, digits_run, tmp_path)), "--repo", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_missing_run_and_file_repo_exit_2(digits_run: Path, tmp_path: Path, capsys) -> None:
+def test_missing_run_and_file_repo_exit_2(digits_run: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path / "nope"), "--repo", str(tmp_path)]) == 2
     (tmp_path / "file").write_text("x")
     assert main([str(digits_run), "--repo", str(tmp_path / "file")]) == 2

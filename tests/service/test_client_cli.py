@@ -16,20 +16,21 @@ async def cli(server: RunningServer, *argv: str) -> int:
     return await asyncio.to_thread(main, ["--target", f"127.0.0.1:{server.port}", *argv])
 
 
-async def test_info_prints_the_model(server, capsys) -> None:
+async def test_info_prints_the_model(server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert await cli(server, "info") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["image_shape"] == [1, 8, 8] and info["execution_provider"] == "CPUExecutionProvider"
 
 
-async def test_sample_writes_a_png_grid(server, tmp_path: Path, capsys) -> None:
+async def test_sample_writes_a_png_grid(server: RunningServer, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert await cli(server, "sample", "--count", "16", "--seed", "7", "--out",
                      str(tmp_path / "grid.png")) == 0
     picture = read_png(tmp_path / "grid.png")
     assert picture.shape == (14 * 37, 14 * 37) and "seed 7" in capsys.readouterr().out
 
 
-async def test_encode_decode_and_denoise_files(server, tmp_path: Path) -> None:
+async def test_encode_decode_and_denoise_files(server: RunningServer, tmp_path: Path) -> None:
     noisy = np.clip(np.random.default_rng(0).random((8, 8)), 0, 1).astype(np.float32)
     write_png(tmp_path / "noisy.png", noisy)
     assert await cli(server, "denoise", "--in", str(tmp_path / "noisy.png"), "--out",
@@ -45,7 +46,8 @@ async def test_encode_decode_and_denoise_files(server, tmp_path: Path) -> None:
     assert np.load(tmp_path / "x.npy").shape == (1, 1, 8, 8)
 
 
-async def test_pngs_the_client_writes_read_back_as_the_images(server, tmp_path: Path) -> None:
+async def test_pngs_the_client_writes_read_back_as_the_images(server: RunningServer,
+                                                              tmp_path: Path) -> None:
     assert await cli(server, "sample", "--count", "5", "--seed", "3", "--out",
                      str(tmp_path / "s.npy")) == 0
     assert await cli(server, "noise", "--in", str(tmp_path / "s.npy"), "--sigma", "0.2",
@@ -57,7 +59,8 @@ async def test_pngs_the_client_writes_read_back_as_the_images(server, tmp_path: 
     assert np.abs(read_images(tmp_path / "noisy.png") - samples).mean() > 0.05
 
 
-async def test_wrong_picture_size_and_bad_count_exit_2(server, tmp_path: Path, capsys) -> None:
+async def test_wrong_picture_size_and_bad_count_exit_2(server: RunningServer, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     write_png(tmp_path / "big.png", np.zeros((28, 28), np.float32))
     assert await cli(server, "denoise", "--in", str(tmp_path / "big.png")) == 2
     assert await cli(server, "sample", "--count", "0") == 2
@@ -65,7 +68,7 @@ async def test_wrong_picture_size_and_bad_count_exit_2(server, tmp_path: Path, c
     assert "the model takes [1, 8, 8]" in err[0] and "INVALID_ARGUMENT: count: 0" in err[1]
 
 
-def test_unreachable_server_is_one_line_exit_1(capsys) -> None:
+def test_unreachable_server_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--target", "127.0.0.1:1", "--timeout", "1", "info"]) == 1
     assert capsys.readouterr().err.startswith("vae-client: error: ")
 

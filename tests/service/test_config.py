@@ -34,7 +34,8 @@ def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], messa
         ServerConfig.from_args(argv, environ=env)
 
 
-def test_cli_turns_a_bad_value_into_one_line_and_exit_2(capsys, monkeypatch) -> None:
+def test_cli_turns_a_bad_value_into_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAE_SERVE_INSTANCES", "many")
     assert main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()

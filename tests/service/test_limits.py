@@ -16,7 +16,7 @@ from service.repository import read_manifest
 from service.server import message_limit_bytes
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import ROOT, server_config, spawn_server
+from tests.conftest import ROOT, StartServer, server_config, spawn_server
 
 PEAK_RSS_LIMIT_KIB = 512 * 1024
 """Unbounded would be the 16 x 63 MiB bodies held at once, over 1 GiB. Measured: about
@@ -30,8 +30,8 @@ def test_message_limit_is_derived_from_the_model_and_the_queue(model_repo: Path)
     assert limit == 4096 * 4 * 64 + 64 * 1024  # max_queue_rows rows of 8x8 float32, plus headroom
 
 
-async def test_the_largest_admissible_request_fits_and_a_larger_message_does_not(start_server
-                                                                                 ) -> None:
+async def test_the_largest_admissible_request_fits_and_a_larger_message_does_not(
+        start_server: StartServer) -> None:
     running = await start_server()
     rows = np.full((4096, 1, 8, 8), 0.5, np.float32)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

@@ -18,7 +18,7 @@ from service.repository import IntegrityError
 from service.server import build_server
 from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import ROOT, server_config
+from tests.conftest import ROOT, StartServer, server_config
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -27,7 +27,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-async def test_metrics_show_exactly_the_traffic_sent(start_server) -> None:
+async def test_metrics_show_exactly_the_traffic_sent(start_server: StartServer) -> None:
     running = await start_server(metrics_port=0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
@@ -55,14 +55,14 @@ async def test_metrics_show_exactly_the_traffic_sent(start_server) -> None:
                                                        "vae_model_loads_total"}
 
 
-async def test_health_serves_overall_and_per_service(channel) -> None:
+async def test_health_serves_overall_and_per_service(channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", "vae.v1.VaeService", "inference.GRPCInferenceService"):
         reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def _reflect(channel, **query) -> reflection_pb2.ServerReflectionResponse:
+async def _reflect(channel: grpc.aio.Channel, **query: str) -> reflection_pb2.ServerReflectionResponse:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(**query)]))
     async for response in responses:
@@ -70,7 +70,8 @@ async def _reflect(channel, **query) -> reflection_pb2.ServerReflectionResponse:
     raise AssertionError("no reflection response")
 
 
-async def test_reflection_lists_services_and_resolves_method_symbols(channel) -> None:
+async def test_reflection_lists_services_and_resolves_method_symbols(channel: grpc.aio.Channel
+                                                                     ) -> None:
     listed = await _reflect(channel, list_services="")
     names = {s.name for s in listed.list_services_response.service}
     assert {"vae.v1.VaeService", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
@@ -109,7 +110,7 @@ def test_generated_modules_match_the_proto(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-async def test_cuda_path_matches_cpu(start_server) -> None:
+async def test_cuda_path_matches_cpu(start_server: StartServer) -> None:
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import spawn_server
+from tests.conftest import StartServer, spawn_server
 
 Outcome = tuple[str, str]
 
@@ -31,7 +31,8 @@ def _channels(port: int, n: int) -> list[grpc.aio.Channel]:
             for _ in range(n)]
 
 
-async def test_a_burst_beyond_the_queue_is_refused_with_a_message_and_counted(start_server) -> None:
+async def test_a_burst_beyond_the_queue_is_refused_with_a_message_and_counted(
+        start_server: StartServer) -> None:
     running = await start_server(max_queue_rows=64)
     channels = _channels(running.port, 4)
     stubs = [vae_pb2_grpc.VaeServiceStub(c) for c in channels]

@@ -2,16 +2,19 @@
 
 import asyncio
 import math
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 
 from service.client import VaeClient
 from service.config import usable_cores
 from service.server import RunningServer
 from service.tensors import to_array, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
+from tests.conftest import StartServer
 from training.data import load_digits
 
 IMAGES = load_digits().test[:16]
@@ -22,19 +25,20 @@ def tensor(shape: tuple[int, ...], fill: float = 0.5, nbytes: int | None = None)
     return vae_pb2.Tensor(shape=shape, data=data if nbytes is None else data[:nbytes])
 
 
-async def test_encode_returns_mean_and_log_var(stub) -> None:
+async def test_encode_returns_mean_and_log_var(stub: vae_pb2_grpc.VaeServiceStub) -> None:
     r = await stub.Encode(vae_pb2.EncodeRequest(images=to_tensor(IMAGES[:5])))
     assert list(r.mean.shape) == [5, 8] and list(r.log_var.shape) == [5, 8]
     assert np.isfinite(to_array(r.log_var)).all()
 
 
-async def test_decode_returns_probabilities(stub) -> None:
+async def test_decode_returns_probabilities(stub: vae_pb2_grpc.VaeServiceStub) -> None:
     latents = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
     images = to_array((await stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(latents)))).images)
     assert images.shape == (3, 1, 8, 8) and 0 <= images.min() <= images.max() <= 1
 
 
-async def test_sample_is_reproducible_by_seed_and_reports_a_picked_seed(stub) -> None:
+async def test_sample_is_reproducible_by_seed_and_reports_a_picked_seed(
+        stub: vae_pb2_grpc.VaeServiceStub) -> None:
     a = await stub.Sample(vae_pb2.SampleRequest(count=4, seed=7, temperature=0.8))
     b = await stub.Sample(vae_pb2.SampleRequest(count=4, seed=7, temperature=0.8))
     assert a.images.data == b.images.data and a.seed == 7
@@ -43,7 +47,7 @@ async def test_sample_is_reproducible_by_seed_and_reports_a_picked_seed(stub) ->
     assert picked.seed != 0 and picked.images.data == again.images.data
 
 
-async def test_denoise_is_decode_of_the_posterior_mean(stub) -> None:
+async def test_denoise_is_decode_of_the_posterior_mean(stub: vae_pb2_grpc.VaeServiceStub) -> None:
     noisy = np.clip(IMAGES[:4] + 0.2 * np.random.default_rng(1).standard_normal(IMAGES[:4].shape),
                     0, 1).astype(np.float32)
     mean = (await stub.Encode(vae_pb2.EncodeRequest(images=to_tensor(noisy)))).mean
@@ -52,7 +56,7 @@ async def test_denoise_is_decode_of_the_posterior_mean(stub) -> None:
     assert got.data == expected.data
 
 
-async def test_model_info(stub) -> None:
+async def test_model_info(stub: vae_pb2_grpc.VaeServiceStub) -> None:
     info = await stub.GetModelInfo(vae_pb2.GetModelInfoRequest())
     assert (list(info.image_shape), info.latent_dim, info.version) == ([1, 8, 8], 8, 1)
     assert info.execution_provider == "CPUExecutionProvider" and info.batching.max_batch_size == 64
@@ -83,13 +87,13 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("method", "request_", "message"), BAD_REQUESTS)
 async def test_bad_input_is_invalid_argument_with_an_actionable_message(
-        stub, method, request_, message) -> None:
+        stub: vae_pb2_grpc.VaeServiceStub, method: str, request_: Message, message: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await getattr(stub, method)(request_)
     assert caught.value.code() == BAD and message in caught.value.details()
 
 
-async def test_oversized_message_is_resource_exhausted(start_server) -> None:
+async def test_oversized_message_is_resource_exhausted(start_server: StartServer) -> None:
     running = await start_server(max_message_bytes=4096)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
@@ -99,7 +103,8 @@ async def test_oversized_message_is_resource_exhausted(start_server) -> None:
 
 
 @pytest.mark.parametrize("model", ["vae", "vae-conv", "vae-subpixel"])
-async def test_64_concurrent_mixed_requests_equal_single_calls(start_server, model) -> None:
+async def test_64_concurrent_mixed_requests_equal_single_calls(start_server: StartServer,
+                                                               model: str) -> None:
     running = await start_server(model_name=model, max_batch_size=16)
     rng = np.random.default_rng(3)
     latents = [rng.standard_normal((int(n), 8)).astype(np.float32) for n in rng.integers(1, 20, 64)]
@@ -107,7 +112,8 @@ async def test_64_concurrent_mixed_requests_equal_single_calls(start_server, mod
         stub = vae_pb2_grpc.VaeServiceStub(channel)
 
         async def decode(z: np.ndarray) -> bytes:
-            return (await stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(z)))).images.data
+            answer: vae_pb2.DecodeResponse = await stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(z)))
+            return answer.images.data
 
         together = await asyncio.gather(*(decode(z) for z in latents))
         alone = [await decode(z) for z in latents]
@@ -115,7 +121,7 @@ async def test_64_concurrent_mixed_requests_equal_single_calls(start_server, mod
     assert running.metrics.batch_rows.labels("decoder")._sum.get() >= sum(map(len, latents))
 
 
-async def test_sample_does_not_depend_on_batch_company(start_server) -> None:
+async def test_sample_does_not_depend_on_batch_company(start_server: StartServer) -> None:
     running = await start_server(max_queue_delay_us=50_000)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
@@ -125,7 +131,7 @@ async def test_sample_does_not_depend_on_batch_company(start_server) -> None:
     assert crowd[11 - 5].images.data == alone.images.data
 
 
-async def test_queue_overflow_is_resource_exhausted_at_once(start_server) -> None:
+async def test_queue_overflow_is_resource_exhausted_at_once(start_server: StartServer) -> None:
     running = await start_server(max_queue_rows=8, max_queue_delay_us=1_000_000)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
@@ -138,7 +144,7 @@ async def test_queue_overflow_is_resource_exhausted_at_once(start_server) -> Non
         assert list((await first).images.shape) == [5, 1, 8, 8]
 
 
-async def test_expired_requests_are_dropped_before_compute(start_server) -> None:
+async def test_expired_requests_are_dropped_before_compute(start_server: StartServer) -> None:
     running = await start_server(max_queue_delay_us=500_000)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = vae_pb2_grpc.VaeServiceStub(channel)
@@ -162,8 +168,9 @@ async def test_blocking_client_round_trip(server: RunningServer) -> None:
     await asyncio.to_thread(_client_round_trip, server.port)  # the server shares this loop
 
 
-async def test_outputs_are_fetched_by_name_not_position(model_repo, tmp_path, start_server,
-                                                        stub) -> None:
+async def test_outputs_are_fetched_by_name_not_position(model_repo: Path, tmp_path: Path,
+                                                        start_server: StartServer,
+                                                        stub: vae_pb2_grpc.VaeServiceStub) -> None:
     import json
     import shutil
 
@@ -192,7 +199,7 @@ async def test_outputs_are_fetched_by_name_not_position(model_repo, tmp_path, st
 
 
 async def test_an_unparseable_body_is_invalid_argument_counted_and_not_logged(
-        server, channel, caplog) -> None:
+        server: RunningServer, channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture) -> None:
     for method in ("/vae.v1.VaeService/Decode", "/inference.GRPCInferenceService/ModelInfer"):
         call = channel.unary_unary(method)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -203,7 +210,8 @@ async def test_an_unparseable_body_is_invalid_argument_counted_and_not_logged(
     assert counted == 1 and not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
-async def test_calls_cut_at_their_deadline_count_as_deadline_exceeded(start_server) -> None:
+async def test_calls_cut_at_their_deadline_count_as_deadline_exceeded(start_server: StartServer
+                                                                      ) -> None:
     running = await start_server(max_queue_delay_us=200_000)  # rows wait past the deadline
     request = vae_pb2.DecodeRequest(latents=tensor((1, 8), 0.5))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

@@ -171,8 +171,9 @@ def peer_common_name(port: int, ca: Pair) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
         cert = tls.getpeercert()
-    assert cert is not None
-    return str(dict(item[0] for item in cert["subject"])["commonName"])
+    assert cert is not None and isinstance(cert["subject"], tuple)
+    names = {attribute[0]: attribute[1] for rdn in cert["subject"] for attribute in rdn}
+    return names["commonName"]
 
 
 def replace_files(source: Pair, target: Pair) -> None:

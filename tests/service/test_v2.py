@@ -20,7 +20,7 @@ from service.inference import grpc_service_pb2_grpc as pb_grpc
 from service.server import RunningServer, build_server
 from service.tensors import to_array, to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import ROOT, server_config
+from tests.conftest import ROOT, StartServer, server_config
 
 
 @dataclass
@@ -42,7 +42,7 @@ async def triton_run(model_repo: Path, tmp_path_factory: pytest.TempPathFactory
     inputs = {"x": np.ascontiguousarray(load_digits().test[:3]),
               "z": rng.standard_normal((3, 8)).astype(np.float32),
               "zs": rng.standard_normal((64, 8)).astype(np.float32)}
-    np.savez(folder / "inputs.npz", **inputs)
+    np.savez(folder / "inputs.npz", allow_pickle=False, **inputs)
     credential = HeaderCredential("x-vae-admin", "s3cret")  # as tritonclient_calls.ADMIN
     running = await build_server(server_config(model_repo, max_batch_size=16,
                                                repository_control=True,
@@ -126,8 +126,8 @@ def test_errors_have_codes_and_messages(triton_run: TritonRun, case: str, code: 
     assert status.endswith(code) and message in text
 
 
-async def test_typed_contents_share_a_batch_with_vae_v1(start_server, triton_run: TritonRun
-                                                         ) -> None:
+async def test_typed_contents_share_a_batch_with_vae_v1(start_server: StartServer,
+                                                        triton_run: TritonRun) -> None:
     running = await start_server(max_queue_delay_us=300_000)
     z = triton_run.inputs["z"]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:

@@ -40,7 +40,8 @@ async def _samples(port: int, connections: int, calls: int) -> None:
 
 
 def _scrape(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    body: bytes = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    return body.decode()
 
 
 def _alive(pid: int) -> bool:

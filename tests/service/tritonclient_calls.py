@@ -101,7 +101,7 @@ def main(port: int, model: str, inputs: Path, out: Path) -> None:
         results["errors"] = _errors(client, model, data["x"])
     outputs["concurrent"] = asyncio.run(_concurrent(port, model, data["zs"]))
     (out / "results.json").write_text(json.dumps(results, default=str))
-    np.savez(out / "outputs.npz", **outputs)
+    np.savez(out / "outputs.npz", allow_pickle=False, **outputs)
 
 
 if __name__ == "__main__":

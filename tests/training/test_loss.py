@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import torch
 
@@ -31,7 +32,7 @@ def test_log_normal_is_the_gaussian_density() -> None:
     assert math.isclose(value.item(), -0.5 * math.log(2 * math.pi) - 0.125, rel_tol=1e-6)
 
 
-def test_iwae_is_no_worse_than_elbo_and_tightens_with_k(digits_run) -> None:
+def test_iwae_is_no_worse_than_elbo_and_tightens_with_k(digits_run: Path) -> None:
     model = load_run(digits_run).model
     from training.data import load_digits
 
@@ -44,7 +45,7 @@ def test_iwae_is_no_worse_than_elbo_and_tightens_with_k(digits_run) -> None:
     assert nll[2] < nll[1] < nll[0]
 
 
-def test_onnx_log_likelihood_equals_the_torch_reconstruction_term(digits_run) -> None:
+def test_onnx_log_likelihood_equals_the_torch_reconstruction_term(digits_run: Path) -> None:
     model = load_run(digits_run).model.eval()
     g = torch.Generator().manual_seed(2)
     # Latents far out in the prior's tail give saturated logits (|logit| >> 20), where a

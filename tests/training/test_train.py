@@ -50,13 +50,14 @@ def test_same_seed_gives_identical_weights(tmp_path: Path, arch: str) -> None:
         (["--arch", "subpixel", "--decoder-layers", "2"], "two counts, QUARTER,HALF"),
     ],
 )
-def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys) -> None:
+def test_bad_arguments_give_one_line_and_exit_2(argv: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
 
-def test_evaluate_command_updates_report(digits_run: Path, capsys) -> None:
+def test_evaluate_command_updates_report(digits_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(digits_run), "--iwae-samples", "4", "--eval-images", "8"]) == 0
     report = capsys.readouterr().out
     assert "IWAE bound with k=4 on binarised test images (nats) |" in report
@@ -69,5 +70,5 @@ def test_model_config_round_trips_and_reads_runs_from_before_decoder_layers() ->
     older = {k: v for k, v in config.to_dict().items() if k != "decoder_layers"}
     assert ModelConfig.from_dict(older).decoder_layers == LEGACY_DECODER_LAYERS
     # Two layers at a quarter of the size, none at half: the counts shape the decoder.
-    convs = [m for m in build_model(config).decoder if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for m in build_model(config).decoder.children() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 2
