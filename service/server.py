@@ -289,17 +289,17 @@ def _bind(server: grpc.aio.Server, host: str, port: int, flag: str,
 async def serve(config: ServerConfig, on_serving: Callable[[], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop: drain_delay_s, GOAWAY, up to grace_s;
     `on_serving` once serving."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the port opens: a stop that comes
+        loop.add_signal_handler(sig, stop.set)  # early still drains what was admitted
     running = await build_server(config)
+    loop.add_signal_handler(signal.SIGHUP, running.watcher.rescan_soon)
     if on_serving is not None:
         on_serving()
     # What is loaded now (modules, sessions, descriptors: about 40,000 objects) lives until
     # exit; frozen, the collector stops re-scanning it, a 10 ms pause at every full pass.
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, running.watcher.rescan_soon)
     await stop.wait()
     logger.info("stopping: NOT_SERVING, serving on for %.1f s, then GOAWAY and up to %.1f s "
                 "for in-flight requests", config.drain_delay_s, config.grace_s)

@@ -64,7 +64,8 @@ def restart_backoff(restarts: int, served_s: float) -> tuple[float, int]:
 
 
 def _exit_before_serving(signum: int, frame: object) -> None:
-    """A stop while the worker still loads: nothing was admitted, so nothing to drain."""
+    """A stop before serve() takes over the signals (it does before the port opens): nothing was
+    admitted, so nothing to drain."""
     os._exit(0)
 
 
