@@ -45,8 +45,10 @@ class ModelSignature:
 
 
 def _plain(value: Any) -> Any:
-    """A tuple as a list, so (1, 8, 8) equals [1, 8, 8]; dicts compare without key order
-    (output lists come sorted from Manifest.signature: outputs are bound by name)."""
+    """A tuple as a list, so (1, 8, 8) equals [1, 8, 8]; a dict's lists of names compare as
+    sorted (outputs are bound by name, not position), and dicts without key order."""
+    if isinstance(value, dict):
+        return {key: sorted(item) if isinstance(item, list) else item for key, item in value.items()}
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -99,7 +101,7 @@ class Manifest:
     @property
     def signature(self) -> ModelSignature:
         return ModelSignature(self.model_name, self.image_shape, self.latent_dim, self.inputs,
-                              {graph: sorted(names) for graph, names in self.outputs.items()})
+                              self.outputs)
 
     def to_json(self) -> str:
         data = asdict(self)
