@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.service.test_tls import SERVER_EXT, make_ca, make_leaf
 
 FLAGS = ("--port", "--metrics-port", "--health-port")
@@ -30,6 +30,13 @@ def _busy_port() -> Iterator[int]:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         yield int(taken.getsockname()[1])
+
+
+def _free_ports(names: tuple[str, ...]) -> dict[str, str]:
+    """A distinct free port per name: all held open while chosen, so none is handed out twice."""
+    with contextlib.ExitStack() as stack:
+        held = {name: stack.enter_context(_busy_port()) for name in names}
+    return {name: str(port) for name, port in held.items()}
 
 
 def _serve(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -60,9 +67,8 @@ def tls_flags(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 @pytest.mark.parametrize("flag", FLAGS)
 def test_a_busy_port_is_one_line_naming_its_flag(model_repo: Path, tls_flags: list[str],
                                                  flag: str, workers: str) -> None:
-    ports = {name: str(free_port()) for name in FLAGS}
     with _busy_port() as busy:
-        ports[flag] = str(busy)
+        ports = _free_ports(FLAGS) | {flag: str(busy)}  # chosen while `busy` is held
         done = _serve(["--model-repo", str(model_repo), "--workers", workers, *tls_flags,
                        *(item for pair in ports.items() for item in pair)])
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -73,8 +79,9 @@ def test_a_busy_port_is_one_line_naming_its_flag(model_repo: Path, tls_flags: li
                                                ("--metrics-port", "--health-port")])
 def test_two_flags_on_one_port_is_one_line(model_repo: Path, tls_flags: list[str], first: str,
                                            second: str) -> None:
-    shared = str(free_port())
-    ports = {name: str(free_port()) for name in FLAGS} | {first: shared, second: shared}
+    ports = _free_ports(FLAGS)
+    ports[second] = ports[first]
+    shared = ports[first]
     done = _serve(["--model-repo", str(model_repo), *tls_flags,
                    *(item for pair in ports.items() for item in pair)])
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -95,10 +102,11 @@ def test_a_restarted_worker_shares_the_health_port_of_its_siblings(model_repo: P
                                                                     tls_flags: list[str]) -> None:
     """The port flags are checked once, by the parent: a worker's own check would find the
     health port held by its siblings, and stop every worker."""
-    health = free_port()
+    ports = _free_ports(("--port", "--health-port"))
+    health = int(ports["--health-port"])
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "--model-repo", str(model_repo), "--workers", "2",
-         "--port", str(free_port()), "--metrics-port", "-1", "--health-port", str(health),
+         "--port", ports["--port"], "--metrics-port", "-1", "--health-port", str(health),
          *tls_flags], cwd=ROOT, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{health}") as channel:
