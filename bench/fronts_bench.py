@@ -62,7 +62,7 @@ class Point:
                 for a, b in zip(self.runs["v1"], self.runs["v2"], strict=True)]
 
 
-def _cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far, its threads included (ONNX Runtime's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -72,10 +72,10 @@ def load(server: Server, protocol: str, method: str, point: Point, seconds: floa
          ) -> dict[str, float]:
     """One load run; adds the CPU seconds the server spent on it, which a busy machine
     disturbs less than requests/s (bench.load reports its own as cpu_s)."""
-    before = _cpu_s(server.proc.pid)
+    before = process_cpu_s(server.proc.pid)
     result = run_load(server.port, method, point.items, point.concurrency, seconds,
                       "--protocol", protocol)
-    result["server_cpu_s"] = _cpu_s(server.proc.pid) - before
+    result["server_cpu_s"] = process_cpu_s(server.proc.pid) - before
     return result
 
 

@@ -40,7 +40,7 @@ class Unauthenticated(ServiceError):
 
 
 class MessageTooLarge(ServiceError):
-    """An answer larger than the server's message limit; the same call never fits."""
+    """A request or answer larger than the server's message limit; the same call never fits."""
 
 
 class Unimplemented(ServiceError):

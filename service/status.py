@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -64,6 +64,25 @@ def _tolerant_parser(message_class: type[Message]) -> Callable[[bytes], Message 
     return parse
 
 
+class _NoMessage:
+    """A unary call whose one message grpc refused before any handler: larger than
+    max_receive_message_length (the client already has RESOURCE_EXHAUSTED from grpc)."""
+
+
+NO_MESSAGE = _NoMessage()
+
+
+def _one_message(handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[bytes]]
+                 ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """A unary method served as client-streaming: grpc's unary path ends a call whose message
+    it refused as too large before any code of ours runs, uncounted; read here, that call comes
+    as NO_MESSAGE and is counted. It costs about 4 us of a call's server CPU (docs/benchmarks.md)."""
+    async def receive(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> bytes:
+        request = await context.read()
+        return await handler(NO_MESSAGE if request is grpc.aio.EOF else request, context)
+    return receive
+
+
 def _serialized(data: bytes) -> bytes:
     """The rpc decorator has serialized the answer already, to check its size and count it."""
     return data
@@ -74,12 +93,15 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
     handlers = {}
     for method in service.methods:
         request_class = message_factory.GetMessageClass(method.input_type)
-        make = (grpc.stream_stream_rpc_method_handler
-                if method.client_streaming or method.server_streaming
-                else grpc.unary_unary_rpc_method_handler)
-        handlers[method.name] = make(getattr(servicer, method.name),
-                                     request_deserializer=_tolerant_parser(request_class),
-                                     response_serializer=_serialized)
+        parse = _tolerant_parser(request_class)
+        if method.client_streaming or method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                getattr(servicer, method.name), request_deserializer=parse,
+                response_serializer=_serialized)
+        else:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                _one_message(getattr(servicer, method.name)), request_deserializer=parse,
+                response_serializer=_serialized)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
                                                                           handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
@@ -183,6 +205,11 @@ def rpc(method: str, items: Callable[[Response], int] | None) -> Callable[[Handl
             gate.inflight.inc()
             code, message = grpc.StatusCode.CANCELLED, "cancelled by the client"
             try:
+                if request is NO_MESSAGE:
+                    raise MessageTooLarge(
+                        f"the request is larger than this server's message limit of "
+                        f"{gate.max_message_bytes} bytes (max_message_bytes); send fewer rows "
+                        "per call")
                 if isinstance(request, Unparseable):
                     raise InvalidInput(f"the request body is not a valid {request.type_name} "
                                        f"({request.reason}); send the message the method takes")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf.message import Message
 
@@ -15,6 +16,7 @@ from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
 from service.repository import parse_canonical_version
 from service.server import RunningServer, build_server
+from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer, server_config, spawn_server
 from tests.service.test_repository_control import ADMIN, CONTROL
@@ -194,6 +196,9 @@ async def test_calls_are_counted_with_the_code_and_items_the_client_saw(start_se
             await v2.ModelStatistics(pb.ModelStatisticsRequest())
         with pytest.raises(grpc.aio.AioRpcError) as too_large:  # 1024 x (64 + 8) float32 > 200 kB
             await v1.Sample(vae_pb2.SampleRequest(count=1024))
+        latents = np.zeros((8000, 8), np.float32)  # 256 kB > 200 kB: refused by grpc itself
+        with pytest.raises(grpc.aio.AioRpcError) as oversize:
+            await v1.Decode(vae_pb2.DecodeRequest(latents=to_tensor(latents)))
     assert list(seed_only.outputs[0].shape) == [1]
     assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert too_large.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -204,6 +209,8 @@ async def test_calls_are_counted_with_the_code_and_items_the_client_saw(start_se
     assert value("vae_requests_total", {"method": "Sample", "code": "RESOURCE_EXHAUSTED"}) == 1
     assert value("vae_requests_total", {"method": "Sample", "code": "OK"}) is None
     assert value("vae_items_total", {"method": "Sample"}) is None
+    assert oversize.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert value("vae_requests_total", {"method": "Decode", "code": "RESOURCE_EXHAUSTED"}) == 1
 
 
 
