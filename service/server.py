@@ -118,8 +118,7 @@ class RunningServer:
             await self.health_server.stop(0)
         await self.plane.close()
         if self.metrics_http is not None:
-            self.metrics_http.shutdown()
-            self.metrics_http.server_close()
+            _close(self.metrics_http)
 
 
 async def build_server(config: ServerConfig, registry: CollectorRegistry | None = None
@@ -180,8 +179,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
         if server is not None:
             await server.stop(0)
         if metrics_http is not None:
-            metrics_http.shutdown()
-            metrics_http.server_close()
+            _close(metrics_http)
         await plane.close()
         raise
     metrics_port = -1 if metrics_http is None else int(metrics_http.server_port)
@@ -214,6 +212,12 @@ def message_limit_bytes(manifest: Manifest, config: ServerConfig) -> int:
     largest_request = config.max_queue_rows * 4 * max(image, manifest.latent_dim)
     largest_sample = config.max_sample_count * 4 * (image + manifest.latent_dim)
     return max(largest_request, largest_sample) + MESSAGE_HEADROOM_BYTES
+
+
+def _close(metrics_http: WSGIServer) -> None:
+    """Stop /metrics: its thread ends, and its port is free again."""
+    metrics_http.shutdown()
+    metrics_http.server_close()
 
 
 def concurrent_rpcs(max_calls: int, max_streams: int) -> int:

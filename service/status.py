@@ -76,7 +76,8 @@ def _one_message(handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[by
                  ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[bytes]]:
     """A unary method served as client-streaming: grpc's unary path ends a call whose message
     it refused as too large before any code of ours runs, uncounted; read here, that call comes
-    as NO_MESSAGE and is counted. It costs about 4 us of a call's server CPU (docs/benchmarks.md)."""
+    as NO_MESSAGE and is counted. Server CPU per call is grpc's unary handler's, within noise
+    (docs/benchmarks.md, "Unary methods served as client-streaming")."""
     async def receive(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> bytes:
         request = await context.read()
         return await handler(NO_MESSAGE if request is grpc.aio.EOF else request, context)

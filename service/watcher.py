@@ -38,7 +38,6 @@ from service.repository import (
     GRAPH_FILES,
     MANIFEST,
     SignatureError,
-    parse_canonical_version,
     published_versions,
     read_manifest,
 )
@@ -311,14 +310,12 @@ def _live_statuses(folder: Path) -> dict[int, dict[str, Any]]:
     """pid -> its last report, for the workers still alive; a dead worker's report is removed."""
     statuses = {}
     for path in folder.glob("[0-9]*.json"):
-        pid = parse_canonical_version(path.stem)
-        if pid is None:
-            continue
         try:
+            pid = int(path.stem)
             os.kill(pid, 0)
             statuses[pid] = json.loads(path.read_text())
         except ProcessLookupError:
             path.unlink(missing_ok=True)
         except (OSError, ValueError):
-            continue  # being replaced: the next look reads it
+            continue  # not a pid, or being replaced: the next look reads it
     return statuses
