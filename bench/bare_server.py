@@ -11,7 +11,7 @@ import asyncio
 import grpc
 import numpy as np
 
-from service.tensors import to_tensor
+from service.fronts.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 

@@ -23,8 +23,8 @@ import grpc
 import numpy as np
 
 from bench.serve_bench import vae_server
+from service.fronts.tensors import to_tensor
 from service.help_format import DefaultsHelpFormatter
-from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 ROUND_ROBIN = [("grpc.lb_policy_name", "round_robin")]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from bench.load import GRAPH_OF
 from bench.serve_bench import Server, free_port, run_load
 from service.help_format import DefaultsHelpFormatter
-from service.repository import published_versions, resolve_version
+from service.plane.repository import published_versions, resolve_version
 
 POINTS = ((1, 1), (1, 64), (64, 8))
 """(items per request, concurrency)."""

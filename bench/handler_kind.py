@@ -3,7 +3,7 @@
 python -m bench.handler_kind --calls 8000 --rounds 4
 
 vae-serve registers its unary methods as client-streaming handlers that read one message
-(service/status.py), so that a request grpc refuses as too large still reaches the `rpc`
+(service/fronts/status.py), so that a request grpc refuses as too large still reaches the `rpc`
 decorator and is counted. This measures that choice on a bare grpc.aio server answering fixed
 bytes: `unary` (grpc's unary handler), `read` (client-streaming, one context.read(), as served)
 and `iterate` (client-streaming, `async for` over the requests). The server runs on core 0,

@@ -20,10 +20,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.fronts.tensors import to_tensor
 from service.help_format import DefaultsHelpFormatter
 from service.inference import grpc_service_pb2 as v2_pb2
 from service.inference import grpc_service_pb2_grpc as v2_pb2_grpc
-from service.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 CONNECTIONS = 8

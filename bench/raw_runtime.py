@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.help_format import DefaultsHelpFormatter
-from service.repository import GRAPH_FILES, read_manifest, resolve_version
-from service.runtime import OrtRunner
+from service.plane.repository import GRAPH_FILES, read_manifest, resolve_version
+from service.runtime.ort_runner import OrtRunner
 
 BATCH_SIZES = (1, 64)
 

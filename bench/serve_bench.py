@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from bench.raw_runtime import items_per_s, session_run
 from service.help_format import DefaultsHelpFormatter
-from service.repository import read_manifest, resolve_version
+from service.plane.repository import read_manifest, resolve_version
 
 CONCURRENCY = (1, 8, 64, 256)
 BATCH_ITEMS = 64

@@ -27,9 +27,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from service.fronts.tensors import to_tensor
 from service.help_format import DefaultsHelpFormatter
-from service.repository import MANIFEST, published_versions, read_manifest
-from service.tensors import to_tensor
+from service.plane.repository import MANIFEST, published_versions, read_manifest
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 CONCURRENCY = 32

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.serve_bench import bare_server, run_load, vae_server
 from service.help_format import DefaultsHelpFormatter
-from service.repository import read_manifest, resolve_version
+from service.plane.repository import read_manifest, resolve_version
 
 Threads = dict[str, tuple[str, float]]
 """Thread id -> (name, CPU seconds so far)."""

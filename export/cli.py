@@ -57,7 +57,7 @@ def _main(argv: list[str] | None) -> int:
         parser.error("give a run folder to export, or --check VERSION_DIR")
     from export.publish import check_version, publish
     from export.verify import VerificationError
-    from service.repository import IntegrityError, ManifestError
+    from service.plane.repository import IntegrityError, ManifestError
     from training.errors import UsageError
 
     try:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from export import verify
 from export.onnx_export import OPSET, export_graphs
-from service.repository import (
+from service.plane.repository import (
     DECODER,
     ENCODER,
     INPUT_NAMES,

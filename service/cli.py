@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.workers == 1:
         return serve_process(config)
     from service.config import usable_cores
-    from service.ports import listening_ports, require_free_ports
-    from service.workers import Supervisor
+    from service.transport.ports import listening_ports, require_free_ports
+    from service.transport.workers import Supervisor
 
     try:  # once here: the workers share the ports, so they cannot tell one is taken
         require_free_ports(config.host, listening_ports(config))
@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve_process(config: ServerConfig, on_serving: Callable[[], None] | None = None) -> int:
     """One server process until SIGTERM: 0, or 2 with one line for a bad setting or model."""
-    from service import log_filter
+    from service.transport import log_filter
 
     log_filter.install()
     try:
         from service.errors import ServiceError
-        from service.repository import GraphError, IntegrityError, ManifestError
-        from service.server import serve
+        from service.plane.repository import GraphError, IntegrityError, ManifestError
+        from service.transport.server import serve
     except ImportError as err:
         print(f"vae-serve: error: the server needs {err.name}, which this install lacks; "
               "install vae-serve[cpu] (or vae-serve[gpu] on a CUDA machine)", file=sys.stderr)

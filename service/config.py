@@ -222,7 +222,7 @@ class ServerConfig:
         self._check_repository_control()
 
     def _check_tls(self) -> None:
-        """Which TLS settings go together; the files themselves are read by service/tls.py."""
+        """Which TLS settings go together; the files themselves are read by service/transport/tls.py."""
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError(f"{_flag('tls_cert_file')} and {_flag('tls_key_file')} go "
                               "together: set both or neither")

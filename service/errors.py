@@ -1,4 +1,4 @@
-"""Plain exceptions the core raises; only service/status.py maps them to gRPC status codes."""
+"""Plain exceptions the core raises; only service/fronts/status.py maps them to gRPC status codes."""
 
 
 def first_line(err: BaseException) -> str:

@@ -7,7 +7,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.workers import MULTIPROC_ENV
+from service.transport.workers import MULTIPROC_ENV
 
 METRIC_NAMES = (
     "vae_requests_total",

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from service.config import ServerConfig
-from service.server import RunningServer, build_server
+from service.transport.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]

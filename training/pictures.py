@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from service.figures import write_comparison
-from service.images import display_scale, grid, write_png
+from service.pictures.figures import write_comparison
+from service.pictures.png import display_scale, grid, write_png
 from training.model import VAE
 from training.noise import Noise
 

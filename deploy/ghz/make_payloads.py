@@ -18,8 +18,8 @@ import numpy as np
 import onnxruntime as ort
 from google.protobuf.message import Message
 
-from service.repository import ManifestError, read_manifest, resolve_version
-from service.tensors import to_tensor
+from service.fronts.tensors import to_tensor
+from service.plane.repository import ManifestError, read_manifest, resolve_version
 from service.vae.v1 import vae_pb2
 from training.errors import UsageError
 

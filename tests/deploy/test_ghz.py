@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from service.client import VaeClient
-from service.server import RunningServer
+from service.client.vae_client import VaeClient
+from service.transport.server import RunningServer
 from service.vae.v1 import vae_pb2
 from tests.conftest import ROOT, SHARED_TOOLS
 

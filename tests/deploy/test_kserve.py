@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from service.config import ServerConfig
-from service.server import V2_SERVICE_NAME
-from service.v2_models import OPERATIONS
+from service.fronts.v2_wire import OPERATIONS
+from service.transport.server import V2_SERVICE_NAME
 from tests.deploy.test_deploy import DEPLOY, ROOT, containers, env_names, only, run, tool, yaml_to_json
 
 KSERVE = DEPLOY / "kserve"

@@ -10,7 +10,7 @@ import pytest
 
 from export import verify
 from export.cli import build_parser, main
-from service.repository import read_manifest
+from service.plane.repository import read_manifest
 from tests.conftest import ROOT
 from training.data import load_digits
 from training.run_dir import load_run
@@ -143,7 +143,7 @@ def test_missing_run_and_file_repo_exit_2(digits_run: Path, tmp_path: Path,
 def test_manifest_reader_needs_neither_torch_nor_onnx(model_repo: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None\n"
-        "from pathlib import Path\nfrom service.repository import read_manifest, verify_graphs\n"
+        "from pathlib import Path\nfrom service.plane.repository import read_manifest, verify_graphs\n"
         f"folder = Path({str(model_repo / 'vae' / '1')!r})\n"
         "m = read_manifest(folder); verify_graphs(folder, m); print(m.latent_dim)\n"
     )
@@ -153,7 +153,7 @@ def test_manifest_reader_needs_neither_torch_nor_onnx(model_repo: Path) -> None:
 
 
 def test_invalid_manifest_is_explained(model_repo: Path, tmp_path: Path) -> None:
-    from service.repository import ManifestError
+    from service.plane.repository import ManifestError
 
     copy = shutil.copytree(model_repo / "vae" / "1", tmp_path / "1")
     data = json.loads((copy / "manifest.json").read_text())

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.repository import sha256_file
+from service.plane.repository import sha256_file
 from tests.conftest import ROOT, StartServer
 
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from service import batcher as batcher_module
-from service.batcher import DynamicBatcher
+from service.batching import batcher as batcher_module
+from service.batching.batcher import DynamicBatcher
 from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 
 

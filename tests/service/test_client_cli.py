@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.client import main
-from service.images import read_images, read_png, write_png
-from service.server import RunningServer
+from service.client.vae_client import main
+from service.pictures.png import read_images, read_png, write_png
+from service.transport.server import RunningServer
 
 
 async def cli(server: RunningServer, *argv: str) -> int:

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from service.figures import GROUP_GAP, MARGIN, TEXT_SCALE, comparison
-from service.font import GLYPH_HEIGHT, render, text_width
+from service.pictures.figures import GROUP_GAP, MARGIN, TEXT_SCALE, comparison
+from service.pictures.font import GLYPH_HEIGHT, render, text_width
 from training.noise import Noise
 from training.pictures import denoising_caption
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from google.protobuf.message import Message
 
+from service.fronts.tensors import to_tensor
 from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
-from service.repository import parse_canonical_version
-from service.server import RunningServer, build_server
-from service.tensors import to_tensor
+from service.plane.repository import parse_canonical_version
+from service.transport.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer, server_config, spawn_server
 from tests.service.test_repository_control import ADMIN, CONTROL

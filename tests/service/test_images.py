@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.images import PngError, read_images, write_images, write_png
+from service.pictures.png import PngError, read_images, write_images, write_png
 
 
 @pytest.mark.parametrize("count", [1, 5, 16])

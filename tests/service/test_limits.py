@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 import pytest
 
-from service.repository import read_manifest
-from service.server import message_limit_bytes
-from service.tensors import to_tensor
+from service.fronts.tensors import to_tensor
+from service.plane.repository import read_manifest
+from service.transport.server import message_limit_bytes
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import ROOT, StartServer, server_config, spawn_server
 

@@ -2,7 +2,7 @@
 
 import logging
 
-from service.log_filter import ClientNoiseFilter
+from service.transport.log_filter import ClientNoiseFilter
 
 
 def _record(message: str, exc: BaseException | None = None) -> logging.LogRecord:

@@ -13,10 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.fronts.tensors import to_tensor
 from service.metrics import METRIC_NAMES
-from service.repository import IntegrityError
-from service.server import build_server
-from service.tensors import to_tensor
+from service.plane.repository import IntegrityError
+from service.transport.server import build_server
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import ROOT, StartServer, server_config
 

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from service.tensors import to_tensor
+from service.fronts.tensors import to_tensor
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.repository import Manifest, ManifestError
+from service.plane.repository import Manifest, ManifestError
 
 
 @pytest.mark.parametrize("outputs", [

@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
-from service.runtime import OrtRunner
-from service.server import RunningServer, build_server
-from service.tensors import to_array, to_tensor
+from service.fronts.tensors import to_array, to_tensor
+from service.runtime.ort_runner import OrtRunner
+from service.transport.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import server_config
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from google.protobuf.message import Message
 
-from service.client import VaeClient
+from service.client.vae_client import VaeClient
 from service.config import usable_cores
-from service.server import RunningServer
-from service.tensors import to_array, to_tensor
+from service.fronts.tensors import to_array, to_tensor
+from service.transport.server import RunningServer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer
 from training.data import load_digits
@@ -176,7 +176,7 @@ async def test_outputs_are_fetched_by_name_not_position(model_repo: Path, tmp_pa
 
     import onnx
 
-    from service.repository import sha256_file
+    from service.plane.repository import sha256_file
 
     repo = tmp_path / "models"
     folder = shutil.copytree(model_repo / "vae" / "1", repo / "vae" / "1")

@@ -8,8 +8,8 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.server import RunningServer
-from service.tensors import to_tensor
+from service.fronts.tensors import to_tensor
+from service.transport.server import RunningServer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer
 from tests.service.test_tls import Pki, pki, tls_settings  # noqa: F401  (pki is a fixture)

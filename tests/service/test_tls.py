@@ -23,14 +23,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from service import client as client_cli
 from service.cli import main as serve_main
-from service.client import RETRY_POLICY, VaeClient
+from service.client import vae_client as client_cli
+from service.client.vae_client import RETRY_POLICY, VaeClient
 from service.config import ConfigError, ServerConfig
 from service.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from service.metrics import TlsMetrics
-from service.server import RunningServer
-from service.tls import CertificateError, server_credentials
+from service.transport.server import RunningServer
+from service.transport.tls import CertificateError, server_credentials
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer, spawn_server
 from tests.service.test_operations import scrape
@@ -289,10 +289,10 @@ async def test_a_bad_rotation_keeps_the_old_certificate_and_warns_once(
 ) -> None:
     running = await start_server(**tls_settings(live_pair))
     live_pair.cert.write_text("not a certificate\n")
-    with caplog.at_level(logging.WARNING, logger="service.tls"):
+    with caplog.at_level(logging.WARNING, logger="service.transport.tls"):
         for _ in range(3):
             assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-1"
-    warnings = [r.getMessage() for r in caplog.records if r.name == "service.tls"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "service.transport.tls"]
     assert len(warnings) == 1 and "keeping the previous certificate" in warnings[0], warnings
     replace_files(pki.rotated, live_pair)  # fixed: the next handshake takes it
     assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-2"
@@ -309,7 +309,7 @@ async def test_rotation_refuses_what_the_handshake_cannot_use_and_keeps_the_old_
             assert (await model_info(channel)).version == 1
     assert await asyncio.to_thread(peer_common_name, running.port, pki.ca) == "vae-serve-1"
     warnings = [r.getMessage() for r in caplog.records
-                if r.name == "service.tls" and r.levelno == logging.WARNING]
+                if r.name == "service.transport.tls" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "refused" in warnings[0], warnings
     assert "keeping the previous certificate" in warnings[0], warnings
     assert scrape(running.metrics_port)[("vae_tls_reloads_total", (("result", "refused"),))] == 1
@@ -351,7 +351,7 @@ async def test_plaintext_server_has_no_tls_metrics(start_server: StartServer) ->
 async def test_a_certificate_close_to_its_expiry_warns_at_start(
         start_server: StartServer, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     await start_server(**tls_settings(pki.short))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "service.tls"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "service.transport.tls"]
     assert len(warnings) == 1 and "expires on" in warnings[0] and "renew it" in warnings[0]
 
 

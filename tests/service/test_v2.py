@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from service.config import HeaderCredential
+from service.fronts.tensors import to_array, to_tensor
 from service.inference import grpc_service_pb2 as pb
 from service.inference import grpc_service_pb2_grpc as pb_grpc
-from service.server import RunningServer, build_server
-from service.tensors import to_array, to_tensor
+from service.transport.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import ROOT, StartServer, server_config
 

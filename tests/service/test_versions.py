@@ -15,10 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.server import RunningServer
-from service.tensors import to_array, to_tensor
+from service.fronts.tensors import to_array, to_tensor
+from service.plane.version import prior_latents
+from service.transport.server import RunningServer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from service.version import prior_latents
 from tests.conftest import StartServer, spawn_server
 from tests.service.conftest import publish
 
@@ -309,7 +309,7 @@ def _tiny_version(folder: Path, version: int, latent: int, runs: bool = True) ->
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from service.repository import sha256_file
+    from service.plane.repository import sha256_file
 
     def save(name: str, nodes: list[Any], inputs: list[Any], outputs: list[Any],
              weights: list[Any]) -> None:
@@ -400,7 +400,7 @@ async def test_a_version_listing_its_outputs_in_another_order_is_taken(
 async def test_a_pin_naming_a_missing_version_follows_model_version(
         start_server: StartServer, live_repo: Path, variant_runs: list[Path]) -> None:
     """As a restarted worker would: every worker of a server then serves the same version."""
-    from service.pin import write_pin
+    from service.plane.pin import write_pin
 
     await asyncio.to_thread(publish, variant_runs[0], live_repo, 2)
     write_pin(live_repo, "vae", 1)

@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from service.config import ConfigError, ServerConfig
+from service.transport.workers import RESTART_BACKOFF_S, STABLE_S, restart_backoff
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from service.workers import RESTART_BACKOFF_S, STABLE_S, restart_backoff
 from tests.conftest import free_port, spawn_server
 from tests.service.test_bad_repositories import bad_newest
 from tests.service.test_tls import SERVER_EXT, make_ca, make_leaf, model_info, secure_channel
@@ -75,7 +75,7 @@ class Log:
                 await asyncio.sleep(0.05)
 
 
-SERVING = "service.server: serving "
+SERVING = "service.transport.server: serving "
 """What each worker logs once it serves."""
 
 

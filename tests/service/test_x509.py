@@ -1,4 +1,4 @@
-"""service/x509.py reads what openssl wrote: the key's type and the validity window."""
+"""service/transport/x509.py reads what openssl wrote: the key's type and the validity window."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.x509 import read_certificate
+from service.transport.x509 import read_certificate
 from tests.service.test_tls import make_ca, make_dated_leaf, not_after_s, openssl
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")

@@ -19,12 +19,14 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from prometheus_client import CollectorRegistry
 
 from service.config import ServerConfig
-from service.dataplane import DataPlane
 from service.errors import first_line
+from service.fronts.kserve_v2 import InferenceServicer
+from service.fronts.status import CallGate, add_service
+from service.fronts.vae_v1 import VaeServicer
 from service.inference import grpc_service_pb2
 from service.metrics import Metrics, TlsMetrics, serve_metrics
-from service.ports import listening_ports, require_free_ports
-from service.repository import (
+from service.plane.dataplane import DataPlane
+from service.plane.repository import (
     GraphError,
     IntegrityError,
     Manifest,
@@ -32,14 +34,12 @@ from service.repository import (
     published_versions,
     resolve_version,
 )
-from service.servicer import VaeServicer
-from service.status import CallGate, add_service
-from service.streams import BoundedHealth, StreamLimit
-from service.tls import server_credentials
-from service.v2_servicer import InferenceServicer
+from service.plane.version import LoadedGraphs, load_graphs
+from service.plane.watcher import Fingerprint, VersionWatcher, fingerprint, starting_version
+from service.transport.ports import listening_ports, require_free_ports
+from service.transport.streams import BoundedHealth, StreamLimit
+from service.transport.tls import server_credentials
 from service.vae.v1 import vae_pb2
-from service.version import LoadedGraphs, load_graphs
-from service.watcher import Fingerprint, VersionWatcher, fingerprint, starting_version
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = vae_pb2.DESCRIPTOR.services_by_name["VaeService"].full_name

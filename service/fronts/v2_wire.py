@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from service.errors import InvalidInput, NotFound
-from service.repository import MAX_VERSION, Manifest, parse_canonical_version
-from service.validation import check_wire_shape
+from service.operations.checks import check_wire_shape
+from service.plane.repository import MAX_VERSION, Manifest, parse_canonical_version
 
 DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"),
                                    "UINT64": np.dtype("<u8")}

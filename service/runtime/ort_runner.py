@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import ModelUnavailable, first_line
-from service.repository import GraphError
+from service.plane.repository import GraphError
 
 logger = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"

@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from service.repository import parse_canonical_version
+from service.plane.repository import parse_canonical_version
 
 PIN_FILE = "pin.json"
 

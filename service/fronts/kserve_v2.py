@@ -1,7 +1,7 @@
 """inference.GRPCInferenceService (KServe v2 / Open Inference Protocol): a thin adapter.
 
 v2 requests in, the same data plane and batchers as vae.v1, v2 responses out. Models and
-wire decoding are in service/v2_models.py; errors and metrics in service/status.py.
+wire decoding are in service/fronts/v2_wire.py; errors and metrics in service/fronts/status.py.
 """
 
 from __future__ import annotations
@@ -14,14 +14,9 @@ from typing import Any, TypeAlias
 import grpc
 import numpy as np
 
-from service.dataplane import DataPlane
 from service.errors import FailedPrecondition, NotFound, Unauthenticated, Unimplemented
-from service.inference import grpc_service_pb2 as pb
-from service.inference import grpc_service_pb2_grpc as pb_grpc
-from service.inference import model_config_pb2 as mc
-from service.repository import Manifest, published_versions
-from service.status import CallGate, Counted, deadline_s, rpc
-from service.v2_models import (
+from service.fronts.status import CallGate, Counted, deadline_s, rpc
+from service.fronts.v2_wire import (
     V2Model,
     decode_inputs,
     find_model,
@@ -31,7 +26,12 @@ from service.v2_models import (
     select_outputs,
     v2_models,
 )
-from service.watcher import VersionWatcher
+from service.inference import grpc_service_pb2 as pb
+from service.inference import grpc_service_pb2_grpc as pb_grpc
+from service.inference import model_config_pb2 as mc
+from service.plane.dataplane import DataPlane
+from service.plane.repository import Manifest, published_versions
+from service.plane.watcher import VersionWatcher
 
 logger = logging.getLogger(__name__)
 SERVER_NAME = "vae-serve"

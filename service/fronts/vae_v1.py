@@ -6,9 +6,9 @@ from typing import TypeAlias
 
 import grpc
 
-from service.dataplane import DataPlane
-from service.status import CallGate, deadline_s, rpc
-from service.tensors import from_tensor, to_tensor
+from service.fronts.status import CallGate, deadline_s, rpc
+from service.fronts.tensors import from_tensor, to_tensor
+from service.plane.dataplane import DataPlane
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 Context: TypeAlias = grpc.aio.ServicerContext

@@ -17,10 +17,10 @@ import grpc
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
-from service.figures import write_comparison
+from service.fronts.tensors import to_array, to_tensor
 from service.help_format import DefaultsHelpFormatter
-from service.images import PngError, read_images, write_images
-from service.tensors import to_array, to_tensor
+from service.pictures.figures import write_comparison
+from service.pictures.png import PngError, read_images, write_images
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"

@@ -36,7 +36,7 @@ from service.config import ServerConfig, usable_cores
 logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STATUS_ENV = "VAE_WORKERS_STATUS_DIR"
-"""Set for the workers: a folder where each reports the version it serves (service/watcher.py)."""
+"""Set for the workers: a folder where each reports the version it serves (service/plane/watcher.py)."""
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_S = 60.0
 """A worker that served this long has its backoff start over at the first step."""

@@ -1,12 +1,12 @@
 """VersionWatcher: rescan the model repository and make a newer good version current.
 
 Runs every `poll_interval_s` and at once on SIGHUP. A candidate is loaded, verified and
-warmed in a worker thread (service.version.load_graphs) while the current version serves;
+warmed in a worker thread (service.plane.version.load_graphs) while the current version serves;
 a candidate that fails any step, or whose signature differs from the served one, is refused
 with one log line and a counter, and is not tried again until one of its files changes.
 A rescan that fails is logged and counted, and the next poll or SIGHUP tries again.
 
-What to serve: the operator's pin (service/pin.py, set by RepositoryModelLoad), else
+What to serve: the operator's pin (service/plane/pin.py, set by RepositoryModelLoad), else
 --model-version, where 0 means the newest good version. Under --workers each worker reports
 what it serves in the supervisor's status folder, so a Load answers once all serve it.
 """
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from service.config import ServerConfig, usable_cores
-from service.dataplane import DataPlane
 from service.errors import (
     FailedPrecondition,
     ModelUnavailable,
@@ -33,16 +32,17 @@ from service.errors import (
     first_line,
 )
 from service.metrics import Metrics
-from service.pin import PinError, pin_path, read_pin, write_json, write_pin
-from service.repository import (
+from service.plane.dataplane import DataPlane
+from service.plane.pin import PinError, pin_path, read_pin, write_json, write_pin
+from service.plane.repository import (
     GRAPH_FILES,
     MANIFEST,
     SignatureError,
     published_versions,
     read_manifest,
 )
-from service.version import LoadedGraphs, load_graphs
-from service.workers import STATUS_ENV
+from service.plane.version import LoadedGraphs, load_graphs
+from service.transport.workers import STATUS_ENV
 
 logger = logging.getLogger(__name__)
 Fingerprint = tuple[tuple[str, int, int], ...]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from service.errors import InvalidInput
+from service.operations.checks import check_wire_shape
 from service.vae.v1 import vae_pb2
-from service.validation import check_wire_shape
 
 FLOAT32 = np.dtype("<f4")
 

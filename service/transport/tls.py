@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from service.metrics import TlsMetrics
-from service.x509 import Certificate, read_certificate
+from service.transport.x509 import Certificate, read_certificate
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.batcher import BatchObserver
+from service.batching.batcher import BatchObserver
 from service.config import ServerConfig
 from service.errors import NotFound
 from service.metrics import GraphObserver, Metrics
-from service.validation import check_batch, check_finite_outputs, check_sample
-from service.version import LoadedGraphs, ModelVersion
+from service.operations.checks import check_batch, check_finite_outputs, check_sample
+from service.plane.version import LoadedGraphs, ModelVersion
 
 logger = logging.getLogger(__name__)
 

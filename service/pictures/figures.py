@@ -1,7 +1,7 @@
 """Labelled comparison pictures: columns of images side by side (original / reconstruction,
 noisy / denoised / clean), each column named, groups set apart, and a caption.
 
-Drawn at display resolution with the bitmap font of service/font.py, so the client makes
+Drawn at display resolution with the bitmap font of service/pictures/font.py, so the client makes
 them with numpy alone; written as plain PNGs (no layout note: they are for people to read).
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.font import GLYPH_HEIGHT, render, text_width
-from service.images import display_scale, write_png
+from service.pictures.font import GLYPH_HEIGHT, render, text_width
+from service.pictures.png import display_scale, write_png
 
 TEXT_SCALE = 2
 """Each font pixel is 2x2 display pixels: 14 px capitals, legible beside 112 px digits."""

@@ -114,7 +114,7 @@ class CallGate:
     Refuses, counted in vae_requests_total, the calls the server cannot take: beyond
     max_calls in flight RESOURCE_EXHAUSTED. Health and reflection never pass here, so they
     are never refused for load: a probe failing under load would restart a busy pod (their
-    long-lived streams have a bound of their own, service/streams.py). A stopping server
+    long-lived streams have a bound of their own, service/transport/streams.py). A stopping server
     refuses nothing here either: GOAWAY sends new calls elsewhere (RunningServer.stop).
 
     Part of the handler, not a grpc interceptor: an interceptor costs every call one more

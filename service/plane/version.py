@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.batcher import BatchObserver, DynamicBatcher
+from service.batching.batcher import BatchObserver, DynamicBatcher
 from service.config import ServerConfig
 from service.errors import first_line
-from service.repository import (
+from service.plane.repository import (
     GRAPH_FILES,
     GraphError,
     Manifest,
@@ -27,7 +27,7 @@ from service.repository import (
     read_manifest,
     verify_graphs,
 )
-from service.runtime import CUDA, OrtRunner, Signature
+from service.runtime.ort_runner import CUDA, OrtRunner, Signature
 
 logger = logging.getLogger(__name__)
 WARMUP_BATCH_SIZES = (1, 8)
