@@ -18,6 +18,7 @@ import numpy as np
 from service.batching.batcher import BatchObserver, DynamicBatcher
 from service.config import ServerConfig
 from service.errors import first_line
+from service.operations.draws import prior_latents
 from service.plane.repository import (
     GRAPH_FILES,
     GraphError,
@@ -91,13 +92,6 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
                          "graphs with vae-export --check, or lower --max-batch-size") from err
     logger.info("loaded %s in %.2f s", folder, time.monotonic() - started)
     return LoadedGraphs(folder, manifest, runners["encoder"], runners["decoder"])
-
-
-def prior_latents(count: int, latent_dim: int, seed: int, temperature: float) -> np.ndarray:
-    """z ~ N(0, temperature^2 I) from the request's own PCG64 stream: same seed, same z, anywhere."""
-    z = np.random.Generator(np.random.PCG64(seed)).standard_normal((count, latent_dim),
-                                                                   dtype=np.float32)
-    return z * np.float32(temperature)
 
 
 class ModelVersion:

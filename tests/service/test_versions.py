@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from service.fronts.tensors import to_array, to_tensor
-from service.plane.version import prior_latents
+from service.operations.draws import prior_latents
 from service.transport.server import RunningServer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import StartServer, spawn_server

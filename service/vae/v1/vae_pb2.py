@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"/\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"`\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07log_var\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\r\"0\n\rDecodeRequest\x12\x1f\n\x07latents\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"A\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x02 \x01(\r\"A\n\rSampleRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"p\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0f\n\x07version\x18\x04 \x01(\r\"0\n\x0e\x44\x65noiseRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"B\n\x0f\x44\x65noiseResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x15\n\x13GetModelInfoRequest\"m\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x16\n\x0emax_queue_rows\x18\x03 \x01(\r\x12\x11\n\tinstances\x18\x04 \x01(\r\"\xd0\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bimage_shape\x18\x02 \x03(\x03\x12\x12\n\nlatent_dim\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12&\n\x08\x62\x61tching\x18\x06 \x01(\x0b\x32\x14.vae.v1.BatchingInfo\x12\x18\n\x10max_sample_count\x18\x07 \x01(\r\x12\x0c\n\x04\x61rch\x18\x08 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\t \x01(\t2\xb3\x02\n\nVaeService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12:\n\x07\x44\x65noise\x12\x16.vae.v1.DenoiseRequest\x1a\x17.vae.v1.DenoiseResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfoB\x17Z\x15vaeserve/vae/v1;vaev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10vae/v1/vae.proto\x12\x06vae.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"/\n\rEncodeRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"`\n\x0e\x45ncodeResponse\x12\x1c\n\x04mean\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07log_var\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\r\"0\n\rDecodeRequest\x12\x1f\n\x07latents\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"A\n\x0e\x44\x65\x63odeResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x02 \x01(\r\"A\n\rSampleRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"p\n\x0eSampleResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x0f\n\x07version\x18\x04 \x01(\r\"0\n\x0e\x44\x65noiseRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\"B\n\x0f\x44\x65noiseResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x02 \x01(\r\"M\n\x0cScoreRequest\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07samples\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\xc2\x01\n\rScoreResponse\x12 \n\x08neg_elbo\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12&\n\x0ereconstruction\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1a\n\x02kl\x18\x03 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1b\n\x03nll\x18\x04 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07samples\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x0f\n\x07version\x18\x07 \x01(\r\"\x9e\x01\n\x12InterpolateRequest\x12 \n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.TensorH\x00\x12!\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.TensorH\x00\x12\r\n\x05steps\x18\x03 \x01(\r\x12\'\n\x04path\x18\x04 \x01(\x0e\x32\x19.vae.v1.InterpolationPathB\x0b\n\tendpoints\"g\n\x13InterpolateResponse\x12\x1e\n\x06images\x18\x01 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x1f\n\x07latents\x18\x02 \x01(\x0b\x32\x0e.vae.v1.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\r\"\x15\n\x13GetModelInfoRequest\"m\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x04\x12\x16\n\x0emax_queue_rows\x18\x03 \x01(\r\x12\x11\n\tinstances\x18\x04 \x01(\r\"\xff\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bimage_shape\x18\x02 \x03(\x03\x12\x12\n\nlatent_dim\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12&\n\x08\x62\x61tching\x18\x06 \x01(\x0b\x32\x14.vae.v1.BatchingInfo\x12\x18\n\x10max_sample_count\x18\x07 \x01(\r\x12\x0c\n\x04\x61rch\x18\x08 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\t \x01(\t\x12\x19\n\x11max_score_samples\x18\n \x01(\r\x12\x12\n\noperations\x18\x0b \x03(\t*T\n\x11InterpolationPath\x12\x1d\n\x19INTERPOLATION_PATH_LINEAR\x10\x00\x12 \n\x1cINTERPOLATION_PATH_SPHERICAL\x10\x01\x32\xb1\x03\n\nVaeService\x12\x37\n\x06\x45ncode\x12\x15.vae.v1.EncodeRequest\x1a\x16.vae.v1.EncodeResponse\x12\x37\n\x06\x44\x65\x63ode\x12\x15.vae.v1.DecodeRequest\x1a\x16.vae.v1.DecodeResponse\x12\x37\n\x06Sample\x12\x15.vae.v1.SampleRequest\x1a\x16.vae.v1.SampleResponse\x12:\n\x07\x44\x65noise\x12\x16.vae.v1.DenoiseRequest\x1a\x17.vae.v1.DenoiseResponse\x12\x34\n\x05Score\x12\x14.vae.v1.ScoreRequest\x1a\x15.vae.v1.ScoreResponse\x12\x46\n\x0bInterpolate\x12\x1a.vae.v1.InterpolateRequest\x1a\x1b.vae.v1.InterpolateResponse\x12>\n\x0cGetModelInfo\x12\x1b.vae.v1.GetModelInfoRequest\x1a\x11.vae.v1.ModelInfoB\x17Z\x15vaeserve/vae/v1;vaev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,6 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vae.v1.vae_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\025vaeserve/vae/v1;vaev1'
+  _globals['_INTERPOLATIONPATH']._serialized_start=1564
+  _globals['_INTERPOLATIONPATH']._serialized_end=1648
   _globals['_TENSOR']._serialized_start=28
   _globals['_TENSOR']._serialized_end=65
   _globals['_ENCODEREQUEST']._serialized_start=67
@@ -50,12 +52,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DENOISEREQUEST']._serialized_end=560
   _globals['_DENOISERESPONSE']._serialized_start=562
   _globals['_DENOISERESPONSE']._serialized_end=628
-  _globals['_GETMODELINFOREQUEST']._serialized_start=630
-  _globals['_GETMODELINFOREQUEST']._serialized_end=651
-  _globals['_BATCHINGINFO']._serialized_start=653
-  _globals['_BATCHINGINFO']._serialized_end=762
-  _globals['_MODELINFO']._serialized_start=765
-  _globals['_MODELINFO']._serialized_end=973
-  _globals['_VAESERVICE']._serialized_start=976
-  _globals['_VAESERVICE']._serialized_end=1283
+  _globals['_SCOREREQUEST']._serialized_start=630
+  _globals['_SCOREREQUEST']._serialized_end=707
+  _globals['_SCORERESPONSE']._serialized_start=710
+  _globals['_SCORERESPONSE']._serialized_end=904
+  _globals['_INTERPOLATEREQUEST']._serialized_start=907
+  _globals['_INTERPOLATEREQUEST']._serialized_end=1065
+  _globals['_INTERPOLATERESPONSE']._serialized_start=1067
+  _globals['_INTERPOLATERESPONSE']._serialized_end=1170
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1172
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1193
+  _globals['_BATCHINGINFO']._serialized_start=1195
+  _globals['_BATCHINGINFO']._serialized_end=1304
+  _globals['_MODELINFO']._serialized_start=1307
+  _globals['_MODELINFO']._serialized_end=1562
+  _globals['_VAESERVICE']._serialized_start=1651
+  _globals['_VAESERVICE']._serialized_end=2084
 # @@protoc_insertion_point(module_scope)

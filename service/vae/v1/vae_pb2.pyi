@@ -1,10 +1,18 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class InterpolationPath(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INTERPOLATION_PATH_LINEAR: _ClassVar[InterpolationPath]
+    INTERPOLATION_PATH_SPHERICAL: _ClassVar[InterpolationPath]
+INTERPOLATION_PATH_LINEAR: InterpolationPath
+INTERPOLATION_PATH_SPHERICAL: InterpolationPath
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "data")
@@ -80,6 +88,56 @@ class DenoiseResponse(_message.Message):
     version: int
     def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
+class ScoreRequest(_message.Message):
+    __slots__ = ("images", "samples", "seed")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    samples: int
+    seed: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("neg_elbo", "reconstruction", "kl", "nll", "samples", "seed", "version")
+    NEG_ELBO_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    NLL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    neg_elbo: Tensor
+    reconstruction: Tensor
+    kl: Tensor
+    nll: Tensor
+    samples: int
+    seed: int
+    version: int
+    def __init__(self, neg_elbo: _Optional[_Union[Tensor, _Mapping]] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., kl: _Optional[_Union[Tensor, _Mapping]] = ..., nll: _Optional[_Union[Tensor, _Mapping]] = ..., samples: _Optional[int] = ..., seed: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class InterpolateRequest(_message.Message):
+    __slots__ = ("images", "latents", "steps", "path")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    latents: Tensor
+    steps: int
+    path: InterpolationPath
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., path: _Optional[_Union[InterpolationPath, str]] = ...) -> None: ...
+
+class InterpolateResponse(_message.Message):
+    __slots__ = ("images", "latents", "version")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    images: Tensor
+    latents: Tensor
+    version: int
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -97,7 +155,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., max_queue_rows: _Optional[int] = ..., instances: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "image_shape", "latent_dim", "version", "execution_provider", "batching", "max_sample_count", "arch", "dataset")
+    __slots__ = ("name", "image_shape", "latent_dim", "version", "execution_provider", "batching", "max_sample_count", "arch", "dataset", "max_score_samples", "operations")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SHAPE_FIELD_NUMBER: _ClassVar[int]
     LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +165,8 @@ class ModelInfo(_message.Message):
     MAX_SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCORE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    OPERATIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     image_shape: _containers.RepeatedScalarFieldContainer[int]
     latent_dim: int
@@ -116,4 +176,6 @@ class ModelInfo(_message.Message):
     max_sample_count: int
     arch: str
     dataset: str
-    def __init__(self, name: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., version: _Optional[int] = ..., execution_provider: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., max_sample_count: _Optional[int] = ..., arch: _Optional[str] = ..., dataset: _Optional[str] = ...) -> None: ...
+    max_score_samples: int
+    operations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., image_shape: _Optional[_Iterable[int]] = ..., latent_dim: _Optional[int] = ..., version: _Optional[int] = ..., execution_provider: _Optional[str] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., max_sample_count: _Optional[int] = ..., arch: _Optional[str] = ..., dataset: _Optional[str] = ..., max_score_samples: _Optional[int] = ..., operations: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -54,6 +54,16 @@ class VaeServiceStub:
                 request_serializer=vae_dot_v1_dot_vae__pb2.DenoiseRequest.SerializeToString,
                 response_deserializer=vae_dot_v1_dot_vae__pb2.DenoiseResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/vae.v1.VaeService/Score',
+                request_serializer=vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.Interpolate = channel.unary_unary(
+                '/vae.v1.VaeService/Interpolate',
+                request_serializer=vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
+                response_deserializer=vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/vae.v1.VaeService/GetModelInfo',
                 request_serializer=vae_dot_v1_dot_vae__pb2.GetModelInfoRequest.SerializeToString,
@@ -92,6 +102,23 @@ class VaeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Images [N, C, H, W] in [0, 1] -> per image, in nats: the negative ELBO, its reconstruction
+        and KL parts, and the importance-weighted bound -log p(x) from `samples` draws (IWAE).
+        A version exported before scorer.onnx answers FAILED_PRECONDITION: re-export it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Interpolate(self, request, context):
+        """Two images (or two latent codes) -> `steps` frames decoded along the path between their
+        posterior means (or the codes), both ends included; all frames run as one batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Shapes, version, execution provider and batching settings of the served model.
         """
@@ -121,6 +148,16 @@ def add_VaeServiceServicer_to_server(servicer, server):
                     servicer.Denoise,
                     request_deserializer=vae_dot_v1_dot_vae__pb2.DenoiseRequest.FromString,
                     response_serializer=vae_dot_v1_dot_vae__pb2.DenoiseResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.ScoreRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Interpolate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Interpolate,
+                    request_deserializer=vae_dot_v1_dot_vae__pb2.InterpolateRequest.FromString,
+                    response_serializer=vae_dot_v1_dot_vae__pb2.InterpolateResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -236,6 +273,60 @@ class VaeService:
             '/vae.v1.VaeService/Denoise',
             vae_dot_v1_dot_vae__pb2.DenoiseRequest.SerializeToString,
             vae_dot_v1_dot_vae__pb2.DenoiseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Score',
+            vae_dot_v1_dot_vae__pb2.ScoreRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Interpolate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vae.v1.VaeService/Interpolate',
+            vae_dot_v1_dot_vae__pb2.InterpolateRequest.SerializeToString,
+            vae_dot_v1_dot_vae__pb2.InterpolateResponse.FromString,
             options,
             channel_credentials,
             insecure,
