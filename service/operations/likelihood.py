@@ -20,7 +20,8 @@ BOUNDS = ("neg_elbo", "reconstruction", "kl", "nll")
 
 def posterior_latents(mean: np.ndarray, log_var: np.ndarray, eps: np.ndarray) -> np.ndarray:
     """z [N, k, latent] = mean + exp(log_var / 2) * eps, in float32 as the graphs see it."""
-    return mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
+    z: np.ndarray = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
+    return z
 
 
 def bounds(log_px_z: np.ndarray, z: np.ndarray, eps: np.ndarray, mean: np.ndarray,
