@@ -149,7 +149,11 @@ class ServerConfig:
     max_message_bytes: int = setting(0, "largest gRPC message received or sent, bytes; 0 = "
                                      "derived from the model and the queue settings (see "
                                      "docs/serving.md)", parse_int, "BYTES")
-    max_sample_count: int = setting(1024, "largest Sample.count accepted", parse_int, "N")
+    max_sample_count: int = setting(1024, "largest Sample.count and Interpolate.steps accepted",
+                                    parse_int, "N")
+    max_score_samples: int = setting(1000, "largest Score.samples accepted: importance samples "
+                                     "per image of the IWAE bound (each costs one decoder row)",
+                                     parse_int, "N")
     workers: int = setting(1, "server processes sharing --port (SO_REUSEPORT), each with its own "
                            "sessions; auto (0) = one per usable core", parse_count, "N|auto")
     drain_delay_s: float = setting(0.0, "seconds the server keeps serving after SIGTERM with "
@@ -198,7 +202,8 @@ class ServerConfig:
         return 1 if on_gpu else self.intra_op_threads or usable_cores()
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_queue_rows", "max_sample_count", "max_streams")
+        positive = ("max_batch_size", "max_queue_rows", "max_sample_count", "max_score_samples",
+                    "max_streams")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.context import NO_CONTEXT, RequestContext
 from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class _Pending:
     """One chunk of a request (at most max_batch_size rows) waiting for its outputs."""
 
     rows: np.ndarray
-    deadline_s: float | None
+    context: RequestContext
     future: asyncio.Future[list[np.ndarray]]
     enqueued_s: float = field(default_factory=time.monotonic)
 
@@ -104,10 +105,12 @@ class DynamicBatcher:
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher-{name}")
         self._closed = False
 
-    async def submit(self, batch: np.ndarray, deadline_s: float | None = None) -> list[np.ndarray]:
+    async def submit(self, batch: np.ndarray, context: RequestContext = NO_CONTEXT
+                     ) -> list[np.ndarray]:
         """Queue a request's rows (split into chunks of max_batch_size); await its outputs.
 
-        deadline_s is on the time.monotonic() clock; rows still queued past it are dropped.
+        Rows still queued past the context's deadline are dropped; a failed batch is logged
+        with the trace ids of the requests it carried.
         """
         rows = len(batch)
         if self._closed:
@@ -120,10 +123,10 @@ class DynamicBatcher:
                             f"{self.max_queue_rows} rows waiting); retry with backoff")
         if (self._idle() and rows <= self.max_batch_size
                 and self._runs_inline(rows, self._lone_inline_below_s)):
-            return self._run_now(batch, deadline_s)
+            return self._run_now(batch, context)
         loop = asyncio.get_running_loop()
         chunks = [
-            _Pending(batch[start : start + self.max_batch_size], deadline_s, loop.create_future())
+            _Pending(batch[start : start + self.max_batch_size], context, loop.create_future())
             for start in range(0, rows, self.max_batch_size)
         ]
         self._queue.extend(chunks)
@@ -213,21 +216,21 @@ class DynamicBatcher:
         return (not self._queue and not self._running and self._delay_s == 0
                 and time.monotonic() - self._last_run_end_s > LULL_S)
 
-    def _run_now(self, inputs: np.ndarray, deadline_s: float | None) -> list[np.ndarray]:
+    def _run_now(self, inputs: np.ndarray, context: RequestContext) -> list[np.ndarray]:
         """Run a lone cheap request on the loop at once, skipping the queue.
 
         What the queue would do in three turns of the event loop (wake the dispatcher, let
         other handlers queue, wake this handler with the outputs) happens here in none, and
         no rows were waiting that it could have joined.
         """
-        if deadline_s is not None and time.monotonic() > deadline_s:
+        if context.deadline_s is not None and time.monotonic() > context.deadline_s:
             raise DeadlineExpired(f"deadline passed before the {self.name} ran; raise the "
                                   "deadline or reduce load")
         self._observer.waited(0.0)
         try:
             outputs, seconds = self._timed(inputs)
         except Exception as err:
-            self._log_failure(len(inputs), err)
+            self._log_failure(len(inputs), err, [context])
             raise
         self._record(len(inputs), seconds)
         return outputs
@@ -249,12 +252,16 @@ class DynamicBatcher:
                 pending.future.set_result([out[offset:end] for out in outputs])
             offset = end
 
-    def _log_failure(self, rows: int, err: BaseException) -> None:
-        logger.error("%s: batch of %d rows failed", self.name, rows, exc_info=err)
+    def _log_failure(self, rows: int, err: BaseException, contexts: list[RequestContext]
+                     ) -> None:
+        traces = sorted({c.trace_id for c in contexts if c.trace_id})
+        logger.error("%s: batch of %d rows failed (traces: %s)", self.name, rows,
+                     ", ".join(traces) or "none", exc_info=err)
 
     def _fail(self, batch: list[_Pending], err: BaseException) -> None:
         """The graph failed: fail this batch's requests and keep serving."""
-        self._log_failure(sum(len(pending.rows) for pending in batch), err)
+        self._log_failure(sum(len(pending.rows) for pending in batch), err,
+                          [pending.context for pending in batch])
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(err)
@@ -300,7 +307,8 @@ class DynamicBatcher:
             self._queued_rows -= len(pending.rows)
             if pending.future.done():
                 continue
-            if pending.deadline_s is not None and now > pending.deadline_s:
+            deadline_s = pending.context.deadline_s
+            if deadline_s is not None and now > deadline_s:
                 pending.future.set_exception(DeadlineExpired(
                     f"deadline passed after {now - pending.enqueued_s:.3f} s in the {self.name} "
                     "queue; raise the deadline or reduce load"))

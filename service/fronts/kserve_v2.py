@@ -12,17 +12,16 @@ from importlib import metadata
 from typing import Any, TypeAlias
 
 import grpc
-import numpy as np
 
+from service.context import RequestContext
 from service.errors import FailedPrecondition, NotFound, Unauthenticated, Unimplemented
-from service.fronts.status import CallGate, Counted, deadline_s, rpc
+from service.fronts.status import TRACE_ID_CHARS, CallGate, Counted, deadline_s, rpc, trace_id
 from service.fronts.v2_wire import (
     V2Model,
     decode_inputs,
     find_model,
     parse_version,
     requested_version,
-    scalar,
     select_outputs,
     v2_models,
 )
@@ -39,7 +38,8 @@ EXTENSIONS = ("model_repository", "model_configuration", "schedule_policy")
 """What this server implements beyond the core protocol (as ServerMetadata lists it)."""
 METHODS = tuple(pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name)
 Context: TypeAlias = grpc.aio.ServicerContext
-CONFIG_TYPE = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "UINT64": mc.TYPE_UINT64}
+CONFIG_TYPE = {"FP32": mc.TYPE_FP32, "INT64": mc.TYPE_INT64, "UINT64": mc.TYPE_UINT64,
+               "BOOL": mc.TYPE_BOOL}
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -57,7 +57,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The v2 models of the current version, built once per version (not per request)."""
         manifest = self.plane.current.manifest
         if self._models_of is not manifest:
-            self._models_of, self._models = manifest, v2_models(manifest)
+            self._models_of, self._models = manifest, v2_models(manifest, self.plane.operations)
         return self._models
 
     @rpc("ServerLive", items=lambda r: 0)
@@ -72,9 +72,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc("ModelReady", items=lambda r: 0)
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context
                          ) -> pb.ModelReadyResponse:
-        find_model(self.models, request.name)
-        version = parse_version(request.version)
-        return pb.ModelReadyResponse(ready=version in (0, self.plane.current.number))
+        model = find_model(self.models, request.name)
+        version, current = parse_version(request.version), self.plane.current
+        return pb.ModelReadyResponse(ready=version in (0, current.number) and
+                                     current.graphs.issuperset(model.operation.graphs))
 
     @rpc("ServerMetadata", items=lambda r: 0)
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context
@@ -99,17 +100,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = find_model(self.models, request.name)
         self._check_loaded(parse_version(request.version))
         c = self.plane.config
-        skip = 1 if model.batched else 0  # with batching, dims leave out the batch axis
+        batched = model.operation.batched
+        skip = 1 if batched else 0  # with batching, dims leave out the batch axis
         config = mc.ModelConfig(
             name=model.name, platform=SERVER_NAME, backend=SERVER_NAME,
-            max_batch_size=c.max_batch_size if model.batched else 0,
+            max_batch_size=c.max_batch_size if batched else 0,
             input=[mc.ModelInput(name=s.name, data_type=CONFIG_TYPE[s.datatype], dims=s.shape[skip:],
                                  optional=s.optional) for s in model.inputs],
             output=[mc.ModelOutput(name=s.name, data_type=CONFIG_TYPE[s.datatype],
                                    dims=s.shape[skip:]) for s in model.outputs],
             instance_group=[mc.ModelInstanceGroup(count=self.plane.current.instances)],
             model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False))
-        if model.batched:
+        if batched:
             config.dynamic_batching.max_queue_delay_microseconds = c.max_queue_delay_us
         return pb.ModelConfigResponse(config=config)
 
@@ -119,31 +121,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         want = parse_version(request.model_version)
         outputs = select_outputs(model, request.outputs)
         arrays = decode_inputs(model, request.inputs, request.raw_input_contents)
-        results, version = await self._run(model, arrays, want, deadline_s(context))
-        response = pb.ModelInferResponse(model_name=model.name, model_version=str(version),
+        trace = trace_id(context) or request.id[:TRACE_ID_CHARS]
+        answer = await self.plane.run(model.operation, arrays,
+                                      RequestContext(deadline_s(context), want, trace))
+        response = pb.ModelInferResponse(model_name=model.name, model_version=str(answer.version),
                                          id=request.id)
         for spec in outputs:
-            value = results[spec.name]
+            value = answer.outputs[spec.name]
             response.outputs.add(name=spec.name, datatype=spec.datatype, shape=value.shape)
             response.raw_output_contents.append(value.tobytes())
-        return Counted(response, len(results[model.outputs[0].name]))
-
-    async def _run(self, model: V2Model, arrays: dict[str, np.ndarray], want: int,
-                   deadline: float | None) -> tuple[dict[str, np.ndarray], int]:
-        plane = self.plane
-        if model.operation == "encoder":
-            encoded = await plane.encode(arrays["x"], deadline, "x", want)
-            return {"mean": encoded.mean, "log_var": encoded.log_var}, encoded.version
-        if model.operation == "decoder":
-            decoded = await plane.decode(arrays["z"], deadline, "z", want)
-            return {"x_hat": decoded.images}, decoded.version
-        if model.operation == "denoise":
-            denoised = await plane.denoise(arrays["x"], deadline, "x", want)
-            return {"x_hat": denoised.images}, denoised.version
-        sampled = await plane.sample(int(scalar(arrays, "count", 0)), int(scalar(arrays, "seed", 0)),
-                                     float(scalar(arrays, "temperature", 0.0)), deadline, want)
-        return {"x_hat": sampled.images, "z": sampled.latents,
-                "seed": np.array([sampled.seed], np.uint64)}, sampled.version
+        return Counted(response, len(answer.outputs[model.outputs[0].name]))
 
     @rpc("RepositoryIndex", items=lambda r: 0)
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context

@@ -1,8 +1,8 @@
-"""The VAE's operations as KServe v2 models: names, tensors, datatypes, and the wire decoding.
+"""The declared operations as KServe v2 models, and the v2 wire decoding.
 
-`vae.encoder` x -> mean, log_var; `vae.decoder` z -> x_hat; `vae.denoise` x -> x_hat;
-`vae.sample` count, [seed], [temperature] -> x_hat, z, seed ("vae" is --model-name).
-Shapes follow ModelMetadata: batched tensors lead with -1.
+Each operation of service/operations/catalog.py is a model `<model name>.<operation>`
+(vae.encoder, vae.decoder, vae.sample, vae.denoise, vae.score, vae.interpolate): its
+tensors are the declaration's, shaped by the manifest; batched tensors lead with -1.
 """
 
 from __future__ import annotations
@@ -17,17 +17,20 @@ import numpy as np
 
 from service.errors import InvalidInput, NotFound
 from service.operations.checks import check_wire_shape
+from service.operations.spec import Operation, TensorSpec
 from service.plane.repository import MAX_VERSION, Manifest, parse_canonical_version
 
 DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "INT64": np.dtype("<i8"),
-                                   "UINT64": np.dtype("<u8")}
+                                   "UINT64": np.dtype("<u8"), "BOOL": np.dtype("?")}
 """v2 datatype -> numpy dtype, little-endian as raw_input_contents are."""
-TYPED_CONTENTS = {"FP32": "fp32_contents", "INT64": "int64_contents", "UINT64": "uint64_contents"}
-OPERATIONS = ("encoder", "decoder", "sample", "denoise")
+TYPED_CONTENTS = {"FP32": "fp32_contents", "INT64": "int64_contents", "UINT64": "uint64_contents",
+                  "BOOL": "bool_contents"}
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class WireTensor:
+    """A declared tensor with its shape in numbers for one model."""
+
     name: str
     datatype: str
     shape: tuple[int, ...]
@@ -38,32 +41,19 @@ class TensorSpec:
 @dataclass(frozen=True)
 class V2Model:
     name: str
-    operation: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    batched: bool
+    operation: Operation
+    inputs: tuple[WireTensor, ...]
+    outputs: tuple[WireTensor, ...]
 
 
-def v2_models(manifest: Manifest) -> dict[str, V2Model]:
-    """The four models of one repository model, shaped by its manifest."""
-    image = (-1, *manifest.image_shape)
-    latent = (-1, manifest.latent_dim)
-    x, z, x_hat = (TensorSpec("x", "FP32", image), TensorSpec("z", "FP32", latent),
-                   TensorSpec("x_hat", "FP32", image))
-    scalar = (1,)
-    models = [
-        V2Model("encoder", "encoder", (x,), (TensorSpec("mean", "FP32", latent),
-                                             TensorSpec("log_var", "FP32", latent)), True),
-        V2Model("decoder", "decoder", (z,), (x_hat,), True),
-        V2Model("sample", "sample", (TensorSpec("count", "INT64", scalar),
-                                     TensorSpec("seed", "UINT64", scalar, optional=True),
-                                     TensorSpec("temperature", "FP32", scalar, optional=True)),
-                (x_hat, z, TensorSpec("seed", "UINT64", scalar)), False),
-        V2Model("denoise", "denoise", (x,), (x_hat,), True),
-    ]
-    prefix = manifest.model_name
-    return {f"{prefix}.{m.name}": V2Model(f"{prefix}.{m.name}", m.operation, m.inputs, m.outputs,
-                                          m.batched) for m in models}
+def v2_models(manifest: Manifest, operations: tuple[Operation, ...]) -> dict[str, V2Model]:
+    """One v2 model per declared operation, `<model name>.<operation>`, shaped by the manifest."""
+    def wire(specs: tuple[TensorSpec, ...]) -> tuple[WireTensor, ...]:
+        return tuple(WireTensor(s.name, s.datatype, s.shape(manifest), s.optional) for s in specs)
+
+    names = (f"{manifest.model_name}.{op.name}" for op in operations)
+    return {name: V2Model(name, op, wire(op.inputs), wire(op.outputs))
+            for name, op in zip(names, operations, strict=True)}
 
 
 def shown(text: str) -> str:
@@ -151,17 +141,7 @@ def decode_inputs(model: V2Model, tensors: Sequence[Any], raw: Sequence[bytes]
     return arrays
 
 
-def scalar(arrays: dict[str, np.ndarray], name: str, default: float) -> float:
-    """A [1] (or []) input as a Python number; `default` when it was not sent."""
-    if name not in arrays:
-        return default
-    if arrays[name].size != 1:
-        raise InvalidInput(f"input {name!r}: shape {list(arrays[name].shape)}; send one value, "
-                           "shape [1]")
-    return arrays[name].reshape(-1)[0].item()  # type: ignore[no-any-return]
-
-
-def select_outputs(model: V2Model, requested: Sequence[Any]) -> list[TensorSpec]:
+def select_outputs(model: V2Model, requested: Sequence[Any]) -> list[WireTensor]:
     """The requested outputs in request order, each at most once, or all when none is named."""
     specs = {spec.name: spec for spec in model.outputs}
     if len(requested) > len(specs):

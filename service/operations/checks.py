@@ -10,7 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.context import RequestContext
 from service.errors import InvalidInput
+from service.operations.spec import Inputs, Operation
+from service.plane.repository import Manifest
 
 MAX_DIMS = 64
 """numpy's limit on an array's dimensions; every tensor the server takes has at most 4."""
@@ -85,3 +88,25 @@ def check_finite_outputs(field: str, outputs: tuple[np.ndarray, ...]) -> None:
             raise InvalidInput(f"{field}: item {item} gives non-finite results; its values are "
                                "too large for the model (latents near the prior, N(0, 1), and "
                                "images in [0, 1] work)")
+
+
+def check_inputs(operation: Operation, inputs: Inputs, manifest: Manifest,
+                 context: RequestContext) -> None:
+    """Every tensor input against its declaration and the manifest: shape, finite, range;
+    and exactly one of the operation's alternative inputs."""
+    if operation.one_of:
+        sent = [name for name in operation.one_of if inputs.get(name) is not None]
+        if len(sent) != 1:
+            names = " or ".join(context.wire_name(name) for name in operation.one_of)
+            raise InvalidInput(f"{operation.name}: send exactly one of {names}; got "
+                               f"{', '.join(context.wire_name(n) for n in sent) or 'none'}")
+    for spec in operation.inputs:
+        array = inputs.get(spec.name)
+        if array is None or spec.dims == (1,):
+            continue
+        shape = spec.shape(manifest)
+        field = context.wire_name(spec.name)
+        check_batch(array, field, shape[1:], spec.unit_range)
+        if shape[0] != -1 and array.shape[0] != shape[0]:
+            raise InvalidInput(f"{field}: {array.shape[0]} items; {operation.name} takes "
+                               f"exactly {shape[0]}")

@@ -1,9 +1,10 @@
 """DataPlane: the served model as a value that can change while traffic flows.
 
-Every front (vae.v1, later KServe v2) calls it with decoded ndarrays. A request leases the
-current version for its whole life, so a Denoise never runs its encoder on one version and
-its decoder on another; inputs are validated against that version's manifest. `switch`
-makes a loaded version current; the old one finishes its leased requests, then closes.
+Every front (vae.v1, KServe v2) calls `run` with a declared operation and decoded ndarrays.
+A request leases the current version for its whole life, so a Denoise never runs its
+encoder on one version and its decoder on another; inputs are validated against that
+version's manifest. `switch` makes a loaded version current; the old one finishes its
+leased requests, then closes.
 """
 
 from __future__ import annotations
@@ -16,51 +17,63 @@ import numpy as np
 
 from service.batching.batcher import BatchObserver
 from service.config import ServerConfig
-from service.errors import NotFound
+from service.context import RequestContext
+from service.errors import FailedPrecondition, NotFound
 from service.metrics import GraphObserver, Metrics
-from service.operations.checks import check_batch, check_finite_outputs, check_sample
+from service.operations.catalog import OPERATIONS
+from service.operations.checks import check_finite_outputs, check_inputs
+from service.operations.spec import Inputs, Operation, Outputs
 from service.plane.version import LoadedGraphs, ModelVersion
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Encoded:
-    mean: np.ndarray
-    log_var: np.ndarray
+class Answer:
+    """An operation's outputs by name, and the version that computed all of them."""
+
+    outputs: Outputs
     version: int
 
 
-@dataclass(frozen=True)
-class Images:
-    images: np.ndarray
-    version: int
+class _Unobserved:
+    def observe(self, neg_elbo: np.ndarray, nll: np.ndarray) -> None:
+        pass
 
 
-@dataclass(frozen=True)
-class Sampled:
-    images: np.ndarray
-    latents: np.ndarray
-    seed: int
-    version: int
+class _Lease:
+    """`async with plane.lease(version)`: the version is held until the block ends."""
+
+    __slots__ = ("_plane", "_version")
+
+    def __init__(self, plane: DataPlane, version: ModelVersion) -> None:
+        self._plane, self._version = plane, version
+
+    async def __aenter__(self) -> ModelVersion:
+        return self._version
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._plane.release(self._version)
 
 
 class DataPlane:
-    """Owns the current version; encode, decode, sample and denoise on validated ndarrays.
+    """Owns the current version and runs any declared operation on it."""
 
-    `field` names the input in error messages, in the words of the calling front.
-    """
-
-    def __init__(self, config: ServerConfig, metrics: Metrics, graphs: LoadedGraphs) -> None:
+    def __init__(self, config: ServerConfig, metrics: Metrics, graphs: LoadedGraphs,
+                 operations: tuple[Operation, ...] = OPERATIONS) -> None:
         self.config = config
+        self.operations = operations
         self.metrics = metrics
-        self._observers: dict[str, BatchObserver] = {
-            graph: GraphObserver(metrics, graph) for graph in ("encoder", "decoder")}
+        self._observers: dict[str, BatchObserver] = {}
+        """Graph -> its metrics, created when a version first holds that graph."""
         self._closing: set[asyncio.Task[None]] = set()
         self.current = self._attach(graphs)
 
     def _attach(self, graphs: LoadedGraphs) -> ModelVersion:
-        version = ModelVersion(graphs, self.config, self._observers)
+        for graph in graphs.runners:
+            if graph not in self._observers:
+                self._observers[graph] = GraphObserver(self.metrics, graph)
+        version = ModelVersion(graphs, self.config, self._observers, _Unobserved())
         self.metrics.model_info.labels(str(version.number), version.provider).set(1)
         return version
 
@@ -75,17 +88,17 @@ class DataPlane:
         if old.leases == 0:
             self._close_later(old)
 
-    def _lease(self, want_version: int) -> ModelVersion:
-        """The current version, held until released; `want_version` 0 takes whichever it is."""
+    def lease(self, want_version: int) -> _Lease:
+        """The current version, held for an `async with` block; 0 takes whichever it is."""
         version = self.current
         if want_version and want_version != version.number:
             raise NotFound(f"version {want_version} of {version.manifest.model_name!r} is not "
                            f"loaded; version {version.number} is (leave the version empty for "
                            "the current one, or load another first)")
         version.leases += 1
-        return version
+        return _Lease(self, version)
 
-    def _release(self, version: ModelVersion) -> None:
+    def release(self, version: ModelVersion) -> None:
         version.leases -= 1
         if version.retired and version.leases == 0:
             self._close_later(version)
@@ -100,49 +113,26 @@ class DataPlane:
         await version.close()
         logger.info("closed %s; its sessions are freed", version.label)
 
-    async def encode(self, images: np.ndarray, deadline_s: float | None, field: str = "images",
-                     want_version: int = 0) -> Encoded:
-        version = self._lease(want_version)
-        try:
-            check_batch(images, field, version.manifest.image_shape, unit_range=True)
-            mean, log_var = await version.encode(images, deadline_s)
-            check_finite_outputs(field, (mean, log_var))
-            return Encoded(mean, log_var, version.number)
-        finally:
-            self._release(version)
+    def runnable(self, version: ModelVersion) -> list[Operation]:
+        """The operations whose graphs `version` holds."""
+        return [op for op in self.operations if version.graphs.issuperset(op.graphs)]
 
-    async def decode(self, latents: np.ndarray, deadline_s: float | None, field: str = "latents",
-                     want_version: int = 0) -> Images:
-        version = self._lease(want_version)
-        try:
-            check_batch(latents, field, (version.manifest.latent_dim,), unit_range=False)
-            images = await version.decode(latents, deadline_s)
-            check_finite_outputs(field, (images,))
-            return Images(images, version.number)
-        finally:
-            self._release(version)
-
-    async def sample(self, count: int, seed: int, temperature: float, deadline_s: float | None,
-                     want_version: int = 0) -> Sampled:
-        temperature = check_sample(count, temperature, self.config.max_sample_count)
-        version = self._lease(want_version)
-        try:
-            images, latents, seed = await version.sample(count, seed, temperature, deadline_s)
-            check_finite_outputs("temperature", (images, latents))
-            return Sampled(images, latents, seed, version.number)
-        finally:
-            self._release(version)
-
-    async def denoise(self, images: np.ndarray, deadline_s: float | None, field: str = "images",
-                      want_version: int = 0) -> Images:
-        version = self._lease(want_version)
-        try:
-            check_batch(images, field, version.manifest.image_shape, unit_range=True)
-            denoised = await version.denoise(images, deadline_s)
-            check_finite_outputs(field, (denoised,))
-            return Images(denoised, version.number)
-        finally:
-            self._release(version)
+    async def run(self, operation: Operation, inputs: Inputs, context: RequestContext) -> Answer:
+        """Run a declared operation on one leased version: inputs checked against its manifest,
+        every graph of the operation from that version, outputs checked finite."""
+        async with self.lease(context.version) as version:
+            missing = [graph for graph in operation.graphs if graph not in version.graphs]
+            if missing:
+                raise FailedPrecondition(
+                    f"{operation.name}: version {version.number} has no {', '.join(missing)} "
+                    f"graph ({version.folder}); re-export the model with this release's "
+                    "vae-export (it writes every graph), then publish it as a new version")
+            check_inputs(operation, inputs, version.manifest, context)
+            outputs = await operation.run(version, inputs, context, self.config)
+            check_finite_outputs(context.wire_name(operation.blamed_input),
+                                 tuple(outputs[s.name] for s in operation.outputs
+                                       if s.datatype == "FP32"))
+            return Answer(outputs, version.number)
 
     async def close(self) -> None:
         """Close the current version and wait for retired ones still closing."""

@@ -8,17 +8,17 @@ while the current one serves; `ModelVersion` then attaches batchers on the event
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from service.batching.batcher import BatchObserver, DynamicBatcher
 from service.config import ServerConfig
+from service.context import RequestContext
 from service.errors import first_line
-from service.operations.draws import prior_latents
 from service.plane.repository import (
     GRAPH_FILES,
     GraphError,
@@ -33,7 +33,9 @@ from service.runtime.ort_runner import CUDA, OrtRunner, Signature
 logger = logging.getLogger(__name__)
 WARMUP_BATCH_SIZES = (1, 8)
 """Batch sizes run once at load (plus max_batch_size) so first requests are not slow."""
-MAX_SEED = 2**63 - 1
+ROWS_PER_RUN = {"scorer": 1024}
+"""Rows per run of a graph beyond max_batch_size: Score's k importance samples per image are
+rows of the scorer, so k = 1000 for one image is one run, not sixteen."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class LoadedGraphs:
     manifest: Manifest
     encoder: OrtRunner
     decoder: OrtRunner
+
+    @property
+    def runners(self) -> dict[str, OrtRunner]:
+        return {"encoder": self.encoder, "decoder": self.decoder}
 
 
 def _check_signature(path: Path, found: Signature, expected: dict[str, tuple[int, ...]]) -> None:
@@ -94,54 +100,61 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
     return LoadedGraphs(folder, manifest, runners["encoder"], runners["decoder"])
 
 
+class ScoreSink(Protocol):
+    """Where Score's per-image results go (the drift histogram, service/metrics.py)."""
+
+    def observe(self, neg_elbo: np.ndarray, nll: np.ndarray) -> None: ...
+
+
 class ModelVersion:
-    """A serving version; requests lease it, and it closes once retired and no lease is left."""
+    """A serving version; requests lease it, and it closes once retired and no lease is left.
+
+    One DynamicBatcher per graph it holds; operations (service/operations/) run on these.
+    """
 
     def __init__(self, graphs: LoadedGraphs, config: ServerConfig,
-                 observers: dict[str, BatchObserver]) -> None:
+                 observers: dict[str, BatchObserver], scores: ScoreSink) -> None:
         self.manifest = graphs.manifest
+        self.scores = scores
         self.folder = graphs.folder
         self.number = graphs.manifest.version
-        self.provider = graphs.decoder.provider
+        runners = graphs.runners
+        self.graphs = frozenset(runners)
+        self.provider = runners["decoder"].provider
         self.instances = config.runner_instances(on_gpu=self.provider == CUDA)
         self.leases = 0
         self.retired = False
-        self._encoder_outputs = graphs.encoder.output_names
-        self._encoder, self._decoder = (
-            DynamicBatcher(name, runner.run, max_batch_size=config.max_batch_size,
-                           max_queue_delay_us=config.max_queue_delay_us,
-                           max_queue_rows=config.max_queue_rows, instances=self.instances,
-                           inline_below_us=config.inline_below_us, observer=observers.get(name))
-            for name, runner in (("encoder", graphs.encoder), ("decoder", graphs.decoder)))
+        self._output_names = {graph: runner.output_names for graph, runner in runners.items()}
+        self._batchers = {
+            graph: DynamicBatcher(graph, runner.run,
+                                  max_batch_size=max(config.max_batch_size, ROWS_PER_RUN.get(graph, 0)),
+                                  max_queue_delay_us=config.max_queue_delay_us,
+                                  max_queue_rows=config.max_queue_rows, instances=self.instances,
+                                  inline_below_us=config.inline_below_us,
+                                  observer=observers.get(graph))
+            for graph, runner in runners.items()}
 
     @property
     def label(self) -> str:
         return f"{self.manifest.model_name}/{self.number}"
 
-    async def encode(self, images: np.ndarray, deadline_s: float | None
+    async def run(self, graph: str, rows: np.ndarray, context: RequestContext
+                  ) -> dict[str, np.ndarray]:
+        """One graph's outputs for these rows, by name, through its batcher."""
+        outputs = await self._batchers[graph].submit(rows, context)
+        return dict(zip(self._output_names[graph], outputs, strict=True))
+
+    async def encode(self, images: np.ndarray, context: RequestContext
                      ) -> tuple[np.ndarray, np.ndarray]:
         """(mean, log_var), bound by the names the runner fetched, never by their position."""
-        outputs = await self._encoder.submit(images, deadline_s)
-        named = dict(zip(self._encoder_outputs, outputs, strict=True))
+        named = await self.run("encoder", images, context)
         return named["mean"], named["log_var"]
 
-    async def decode(self, latents: np.ndarray, deadline_s: float | None) -> np.ndarray:
-        (images,) = await self._decoder.submit(latents, deadline_s)
+    async def decode(self, latents: np.ndarray, context: RequestContext) -> np.ndarray:
+        (images,) = await self._batchers["decoder"].submit(latents, context)
         return images
 
-    async def sample(self, count: int, seed: int, temperature: float, deadline_s: float | None
-                     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Seed 0 means: pick one (returned, so the draw can be repeated)."""
-        seed = seed or secrets.randbelow(MAX_SEED) + 1
-        latents = prior_latents(count, self.manifest.latent_dim, seed, temperature)
-        return await self.decode(latents, deadline_s), latents, seed
-
-    async def denoise(self, images: np.ndarray, deadline_s: float | None) -> np.ndarray:
-        """decode(posterior mean): the most likely clean image under the model."""
-        mean, _ = await self.encode(images, deadline_s)
-        return await self.decode(mean, deadline_s)
-
     async def close(self) -> None:
-        """Stop both batchers; dropping the version then frees its sessions."""
-        await self._encoder.close()
-        await self._decoder.close()
+        """Stop every batcher; dropping the version then frees its sessions."""
+        for batcher in self._batchers.values():
+            await batcher.close()

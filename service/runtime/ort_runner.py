@@ -112,3 +112,8 @@ class OrtRunner:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
         return list(binding.copy_outputs_to_cpu())
+
+
+def pack_rows(*arrays: np.ndarray) -> np.ndarray:
+    """Several inputs sharing axis 0 as one float32 array of rows, each flattened, in order."""
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1, dtype=np.float32)

@@ -25,6 +25,8 @@ from service.fronts.status import CallGate, add_service
 from service.fronts.vae_v1 import VaeServicer
 from service.inference import grpc_service_pb2
 from service.metrics import Metrics, TlsMetrics, serve_metrics
+from service.operations.catalog import OPERATIONS
+from service.operations.spec import Operation
 from service.plane.dataplane import DataPlane
 from service.plane.repository import (
     GraphError,
@@ -121,9 +123,10 @@ class RunningServer:
             _close(self.metrics_http)
 
 
-async def build_server(config: ServerConfig, registry: CollectorRegistry | None = None
-                       ) -> RunningServer:
-    """Load and warm the model, then start serving; health is SERVING when this returns."""
+async def build_server(config: ServerConfig, registry: CollectorRegistry | None = None,
+                       operations: tuple[Operation, ...] = OPERATIONS) -> RunningServer:
+    """Load and warm the model, then start serving `operations`; health is SERVING when this
+    returns."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     credentials = None
@@ -133,7 +136,7 @@ async def build_server(config: ServerConfig, registry: CollectorRegistry | None 
     if config.workers == 1:  # with workers the parent checked, and the ports are shared
         require_free_ports(config.host, listening_ports(config))
     graphs, refused = await _first_version(config)
-    plane = DataPlane(config, metrics, graphs)
+    plane = DataPlane(config, metrics, graphs, operations)
     metrics.model_loads.labels("refused").inc(len(refused))
     for number, (_, reason) in sorted(refused.items()):
         logger.warning("refused %s: %s; starting on %s", config.model_repo / config.model_name /

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from service.config import ServerConfig
-from service.fronts.v2_wire import OPERATIONS
+from service.operations.catalog import OPERATIONS
 from service.transport.server import V2_SERVICE_NAME
 from tests.deploy.test_deploy import DEPLOY, ROOT, containers, env_names, only, run, tool, yaml_to_json
 
@@ -480,5 +480,5 @@ def test_docs_section() -> None:
     assert "## Under KServe" in docs
     section = docs.split("## Under KServe", 1)[1].split("\n## ", 1)[0]
     for needed in ("kubectl apply -n", "deploy/kserve/", MODEL_DIR, "tritonclient", "grpc-v2",
-                   KSERVE_RELEASE[0], *(f"vae.{op}" for op in OPERATIONS)):
+                   KSERVE_RELEASE[0], *(f"vae.{op.name}" for op in OPERATIONS)):
         assert needed in section, needed

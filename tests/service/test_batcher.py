@@ -9,6 +9,7 @@ import pytest
 
 from service.batching import batcher as batcher_module
 from service.batching.batcher import DynamicBatcher
+from service.context import RequestContext
 from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 
 
@@ -85,7 +86,7 @@ async def test_rows_past_their_deadline_are_dropped_before_compute() -> None:
     graph = Graph()
     batcher = DynamicBatcher("g", graph, max_batch_size=64, max_queue_delay_us=100_000)
     with pytest.raises(DeadlineExpired, match="deadline passed"):
-        await batcher.submit(rows(3), deadline_s=time.monotonic() + 0.01)
+        await batcher.submit(rows(3), context=RequestContext(time.monotonic() + 0.01))
     assert graph.batches == []
     await batcher.close()
 
@@ -194,7 +195,7 @@ async def test_a_lone_request_runs_at_once_with_deadline_and_failure_kept(
     batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000)
     await batcher.submit(rows(2))  # measured in the pool
     with pytest.raises(DeadlineExpired, match="before the g ran"):
-        await batcher.submit(rows(2), deadline_s=time.monotonic() - 1)
+        await batcher.submit(rows(2), context=RequestContext(time.monotonic() - 1))
     with pytest.raises(ValueError, match="graph failed"):
         await batcher.submit(np.full((2, 1), np.nan, np.float32))
     (out,) = await batcher.submit(rows(3, start=5))
