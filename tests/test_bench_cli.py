@@ -1,8 +1,9 @@
 """The benchmark commands refuse malformed arguments with one line and exit 2."""
 
+import numpy as np
 import pytest
 
-from bench import settings_ab
+from bench import anomaly_auroc, settings_ab
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -16,3 +17,17 @@ def test_settings_ab_names_a_bad_argument(argv: list[str], message: str,
         settings_ab.main(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_anomaly_auroc_names_a_bad_pair(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        anomaly_auroc.main(["--data-dir", ".", "--pair", "mnist:fashion"])
+    assert exited.value.code == 2
+    assert "write MODEL:IN:OUT" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_auroc_is_one_for_separated_scores_and_a_half_for_equal_ones() -> None:
+    inliers, outliers = np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])
+    assert anomaly_auroc.auroc(inliers, outliers) == 1.0
+    assert anomaly_auroc.auroc(outliers, inliers) == 0.0
+    assert anomaly_auroc.auroc(inliers, inliers) == 0.5
