@@ -430,3 +430,9 @@ def test_dashboard_metrics() -> None:
     assert "vae_batch_rows_sum" in text and "vae_batch_rows_count" in text
     for needed in ("vae_requests_total", "vae_queue_rows", "vae_inflight_requests", "vae_items_total"):
         assert needed in text, needed
+    score = next(p for p in dashboard["panels"] if p["title"] == "Anomaly score quantiles")
+    assert [t["expr"].split(",", 1)[0] for t in score["targets"]] == [
+        f"histogram_quantile({q}" for q in ("0.1", "0.5", "0.9")]
+    for target in score["targets"]:
+        assert "sum by (le, version, bound) (rate(vae_score_nats_bucket{" in target["expr"]
+        assert "{{version}}" in target["legendFormat"] and "{{bound}}" in target["legendFormat"]

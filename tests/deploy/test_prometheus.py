@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 
 from service.fronts.tensors import to_tensor
+from service.metrics import SCORE_BUCKETS_NATS
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import ROOT, free_port, spawn_server
+from tests.deploy.test_alert_rules import inside, promtool_passes, score_series
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "vae-serve.json"
 ADAPTER_RULES = ROOT / "deploy" / "prometheus" / "adapter-rules.yaml"
@@ -232,4 +234,30 @@ async def test_dashboard_and_hpa_queries_through_a_real_prometheus(prometheus: P
                  dict.fromkeys(PODS, 0.0), 0, "Queued rows per pod")
     _assert_near(prometheus.by(hpa_query(), "pod"), dict.fromkeys(PODS, 0.0), 0,
                  "the HPA's vae_queue_rows (prometheus-adapter rule)")
-    assert len(q) == 19, f"the dashboard has {len(q)} queries; check the new ones here"
+    for ref in "ABC":  # no Score calls: no quantile (test_score_quantiles_panel reads values)
+        scores = prometheus.by(q[f"Anomaly score quantiles/{ref}"], "version", "bound")
+        assert all(math.isnan(v) for v in scores.values()), scores
+    assert len(q) == 22, f"the dashboard has {len(q)} queries; check the new ones here"
+
+
+SCORED = {"elbo": 23, "iwae": 40}
+"""Bound -> the first of four adjacent buckets that get 1, 4, 4 and 1 images a minute per pod:
+p10, p50 and p90 are then the upper edges of the first three."""
+
+
+def test_score_quantiles_panel(tmp_path: Path) -> None:
+    """The panel's queries, evaluated by promtool over two pods' synthetic scores."""
+    q = dashboard_queries()
+    series = [s for pod in PODS for bound, first in SCORED.items()
+              for s in score_series(f'namespace="{NAMESPACE}",pod="{pod}",version="7",'
+                                    f'bound="{bound}"',
+                                    [(10, {inside(first + i): n for i, n in enumerate((1, 4, 4, 1))})])]
+    tests = [{"expr": q[f"Anomaly score quantiles/{ref}"], "eval_time": "10m",
+              "exp_samples": [{"labels": f'{{bound="{bound}",version="7"}}',
+                               "value": SCORE_BUCKETS_NATS[first + i]}
+                              for bound, first in SCORED.items()]}
+             for i, ref in enumerate("ABC")]
+    file = tmp_path / "panel-test.yaml"
+    file.write_text(json.dumps({"rule_files": [], "tests": [
+        {"interval": "1m", "input_series": series, "promql_expr_test": tests}]}))
+    promtool_passes("test", "rules", str(file))
