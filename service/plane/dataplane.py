@@ -13,13 +13,11 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import numpy as np
-
 from service.batching.batcher import BatchObserver
 from service.config import ServerConfig
 from service.context import RequestContext
 from service.errors import FailedPrecondition, NotFound
-from service.metrics import GraphObserver, Metrics
+from service.metrics import GraphObserver, Metrics, ScoreObserver
 from service.operations.catalog import OPERATIONS
 from service.operations.checks import check_finite_outputs, check_inputs
 from service.operations.spec import Inputs, Operation, Outputs
@@ -34,11 +32,6 @@ class Answer:
 
     outputs: Outputs
     version: int
-
-
-class _Unobserved:
-    def observe(self, neg_elbo: np.ndarray, nll: np.ndarray) -> None:
-        pass
 
 
 class _Lease:
@@ -73,7 +66,8 @@ class DataPlane:
         for graph in graphs.runners:
             if graph not in self._observers:
                 self._observers[graph] = GraphObserver(self.metrics, graph)
-        version = ModelVersion(graphs, self.config, self._observers, _Unobserved())
+        version = ModelVersion(graphs, self.config, self._observers,
+                               ScoreObserver(self.metrics, str(graphs.manifest.version)))
         self.metrics.model_info.labels(str(version.number), version.provider).set(1)
         return version
 
