@@ -42,6 +42,7 @@ GRAPH_OF = {"Decode": "decoder", "Encode": "encoder"}
 
 KSERVE_PYTHON = Path(".venv-kserve/bin/python")
 KSERVE = "KServe ModelServer 0.21.0"
+TRITON_PYTHON = Path(".venv-triton-server/bin/python")
 BARE = "bare grpc.aio server"
 OURS = "vae-serve"
 OFF = "batching off (max_batch_size 1)"
@@ -116,6 +117,16 @@ def kserve_server(folder: Path, model: str) -> Server:
     port = free_port()
     argv = [str(KSERVE_PYTHON), "bench/kserve_peer.py", "--version-dir", str(folder), "--name",
             model, "--port", str(port)]
+    return Server(argv, port, None, health=False)
+
+
+def triton_server(folder: Path, model: str, instances: int = 1, threads: int = 1) -> Server:
+    """Triton serving MODEL.decoder and MODEL.encoder of folder (bench/triton_peer.py)."""
+    if not TRITON_PYTHON.exists():
+        raise FileNotFoundError(f"{TRITON_PYTHON} is missing: bash bench/triton_venv.sh makes it")
+    port = free_port()
+    argv = [str(TRITON_PYTHON), "bench/triton_peer.py", "--version-dir", str(folder), "--name",
+            model, "--port", str(port), "--instances", str(instances), "--threads", str(threads)]
     return Server(argv, port, None, health=False)
 
 
