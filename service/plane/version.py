@@ -20,15 +20,16 @@ from service.config import ServerConfig
 from service.errors import first_line
 from service.operations.draws import prior_latents
 from service.plane.repository import (
-    GRAPH_FILES,
+    GRAPHS,
     GraphError,
     Manifest,
     ManifestError,
     parse_canonical_version,
     read_manifest,
+    row_shapes,
     verify_graphs,
 )
-from service.runtime.ort_runner import CUDA, OrtRunner, Signature
+from service.runtime.ort_runner import CUDA, OrtRunner, Signature, pack_rows
 
 logger = logging.getLogger(__name__)
 WARMUP_BATCH_SIZES = (1, 8)
@@ -38,12 +39,19 @@ MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class LoadedGraphs:
-    """A verified, warmed-up version that is not serving yet."""
+    """A verified, warmed-up version that is not serving yet: one runner per graph it holds."""
 
     folder: Path
     manifest: Manifest
-    encoder: OrtRunner
-    decoder: OrtRunner
+    runners: dict[str, OrtRunner]
+
+    @property
+    def encoder(self) -> OrtRunner:
+        return self.runners["encoder"]
+
+    @property
+    def decoder(self) -> OrtRunner:
+        return self.runners["decoder"]
 
 
 def _check_signature(path: Path, found: Signature, expected: dict[str, tuple[int, ...]]) -> None:
@@ -59,7 +67,8 @@ def _check_signature(path: Path, found: Signature, expected: dict[str, tuple[int
 
 
 def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
-    """Read and verify a version folder, create its sessions, check them, warm them up."""
+    """Read and verify a version folder, create a session per graph it holds, check each
+    against the contract, warm them up."""
     started = time.monotonic()
     manifest = read_manifest(folder)
     number = parse_canonical_version(folder.name)
@@ -68,30 +77,26 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
                             f"lies in folder {folder.name}; publish versions with vae-export")
     verify_graphs(folder, manifest)
     side_by_side = config.runner_instances(on_gpu=False) > 1  # a GPU opens no second session
-    runners = {graph: OrtRunner(folder / file, config.device, config.intra_op_threads,
-                                manifest.inputs[graph], manifest.outputs[graph],
-                                serial_below_rows=config.serial_below_rows,
-                                side_by_side=side_by_side)
-               for graph, file in GRAPH_FILES.items()}
-    image: tuple[int, ...] = tuple(manifest.image_shape)
-    latent = (manifest.latent_dim,)
-    Shapes = dict[str, tuple[int, ...]]
-    contract: dict[str, tuple[Shapes, Shapes]] = {"encoder": ({manifest.inputs["encoder"]: image},
-                            dict.fromkeys(manifest.outputs["encoder"], latent)),
-                "decoder": ({manifest.inputs["decoder"]: latent},
-                            dict.fromkeys(manifest.outputs["decoder"], image))}
-    for graph, (inputs, outputs) in contract.items():
-        _check_signature(folder / GRAPH_FILES[graph], runners[graph].inputs, inputs)
-        _check_signature(folder / GRAPH_FILES[graph], runners[graph].outputs, outputs)
+    runners, shapes = {}, {}
+    for graph in manifest.graphs:
+        path = folder / GRAPHS[graph].file
+        inputs, outputs = row_shapes(graph, manifest.image_shape, manifest.latent_dim)
+        runner = OrtRunner(path, config.device, config.intra_op_threads, list(inputs),
+                           manifest.outputs[graph], serial_below_rows=config.serial_below_rows,
+                           side_by_side=side_by_side)
+        _check_signature(path, runner.inputs, inputs)
+        _check_signature(path, runner.outputs, outputs)
+        runners[graph], shapes[graph] = runner, inputs.values()
     try:
         for n in sorted({*WARMUP_BATCH_SIZES, config.max_batch_size}):
-            runners["encoder"].run(np.zeros((n, *image), np.float32))
-            runners["decoder"].run(np.zeros((n, *latent), np.float32))
+            for graph, runner in runners.items():
+                runner.run(pack_rows(*(np.zeros((n, *row), np.float32) for row in shapes[graph])))
     except Exception as err:  # ONNX Runtime's errors (out of memory, a kernel) derive from Exception
         raise GraphError(f"{folder}: the warm-up run failed ({first_line(err)}); check the "
                          "graphs with vae-export --check, or lower --max-batch-size") from err
-    logger.info("loaded %s in %.2f s", folder, time.monotonic() - started)
-    return LoadedGraphs(folder, manifest, runners["encoder"], runners["decoder"])
+    logger.info("loaded %s (%s) in %.2f s", folder, ", ".join(runners),
+                time.monotonic() - started)
+    return LoadedGraphs(folder, manifest, runners)
 
 
 class ModelVersion:
