@@ -49,9 +49,10 @@ def measure(seconds: float, rounds: int) -> list[str]:
             model = build_model(config)
             counts[name] = sum(p.numel() for p in model.parameters())
             (out := Path(folder) / str(number)).mkdir()
-            encoder, decoder = export_graphs(model, out)
+            paths = export_graphs(model, out)
             graphs: list[tuple[str, Path, tuple[int, ...]]] = [
-                ("decoder", decoder, (config.latent_dim,)), ("encoder", encoder, config.image_shape)]
+                ("decoder", paths["decoder"], (config.latent_dim,)),
+                ("encoder", paths["encoder"], config.image_shape)]
             for graph, path, shape in graphs:
                 session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                 sessions[name, graph] = session, shape

@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.help_format import DefaultsHelpFormatter
-from service.plane.repository import GRAPH_FILES, read_manifest, resolve_version
-from service.runtime.ort_runner import OrtRunner
+from service.plane.repository import GRAPHS, read_manifest, resolve_version, row_shapes
+from service.runtime.ort_runner import OrtRunner, pack_rows
 
 BATCH_SIZES = (1, 64)
 
@@ -47,16 +47,17 @@ def session_run(session: ort.InferenceSession) -> Callable[[np.ndarray], object]
 def measure(repo: Path, model: str, device: str, seconds: float) -> str:
     folder = resolve_version(repo, model, 0)
     manifest = read_manifest(folder)
-    shapes = {"encoder": tuple(manifest.image_shape), "decoder": (manifest.latent_dim,)}
     lines = [f"Raw ONNX Runtime items/s, {model} v{manifest.version}, --device {device}:", "",
              "| graph | batch | plain run | I/O binding | provider |", "|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
-    for graph, file in GRAPH_FILES.items():
-        runners = {bound: OrtRunner(folder / file, device, 0, manifest.inputs[graph],
+    for graph in manifest.graphs:
+        inputs, _ = row_shapes(graph, manifest.image_shape, manifest.latent_dim)
+        runners = {bound: OrtRunner(folder / GRAPHS[graph].file, device, 0, list(inputs),
                                     manifest.outputs[graph], io_binding=bound)
                    for bound in (False, True)}
         for n in BATCH_SIZES:
-            batch = rng.random((n, *shapes[graph]), dtype=np.float32)
+            batch = pack_rows(*(rng.random((n, *shape), dtype=np.float32)
+                                for shape in inputs.values()))
             plain, bound = (items_per_s(runners[b].run, batch, seconds) for b in (False, True))
             lines.append(f"| {graph} | {n} | {plain:.0f} | {bound:.0f} | "
                          f"{runners[True].provider} |")

@@ -16,10 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="vae-export",
-        description="Export a trained run to REPO/MODEL/VERSION/{encoder,decoder}.onnx + "
+        description="Export a trained run to REPO/MODEL/VERSION/{encoder,decoder,scorer}.onnx + "
         "manifest.json, after the ONNX checker and a parity check against torch (max abs "
-        "error <= 1e-5 at batch sizes 1, 3, 64). Publishing is atomic; versions are never "
-        "overwritten. Or re-verify a published version with --check.",
+        "error <= 1e-5, and <= 1e-3 nats for the scorer's log p(x | z), at batch sizes 1, 3, "
+        "64). Publishing is atomic; versions are never overwritten. Or re-verify a published "
+        "version with --check.",
         epilog="exit codes: 0 published or verified; 1 a graph failed a check of its contents "
         "(ONNX checker, parity, the smoke run); 2 a wrong input (run folder, repository, "
         "manifest, sha256 mismatch, an existing version).",
@@ -64,7 +65,8 @@ def _main(argv: list[str] | None) -> int:
         if args.check is not None:
             manifest = check_version(args.check)
             print(f"{args.check}: OK (model {manifest.model_name} v{manifest.version}, "
-                  f"image {list(manifest.image_shape)}, latent {manifest.latent_dim})")
+                  f"image {list(manifest.image_shape)}, latent {manifest.latent_dim}, "
+                  f"graphs {', '.join(manifest.graphs)})")
         else:
             folder = publish(args.run, args.repo, args.model, args.version, args.opset,
                              args.data_dir)

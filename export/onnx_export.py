@@ -1,4 +1,4 @@
-"""Trace the encoder and decoder into two ONNX graphs with a named, dynamic batch axis.
+"""Trace the encoder, decoder and scorer into ONNX graphs with a named, dynamic batch axis.
 
 We use the torch.export-based ("dynamo") exporter, torch's supported path since 2.9: the
 TorchScript exporter is deprecated and due for removal. For these feed-forward models it
@@ -13,8 +13,10 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from service.plane.repository import GRAPHS
 from training.model import VAE
 
 OPSET = 18
@@ -50,15 +52,36 @@ class DecoderGraph(nn.Module):
         return torch.sigmoid(self.model.decode(z))
 
 
+class ScorerGraph(nn.Module):
+    """z [N, latent], x [N, C, H, W] -> log p(x | z) [N] under the Bernoulli decoder.
+
+    Written as x * logits - softplus(logits), not through the loss's BCE-with-logits: the
+    exporter turns that into Log(Sigmoid(logits)), which ONNX Runtime rounds to log(0) = -inf
+    for the saturated logits (below about -20) of every trained model's background pixels.
+    x may also be one image [1, C, H, W] scored against every z (broadcast).
+    """
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model.decode(z)
+        return (x * logits - F.softplus(logits)).flatten(1).sum(dim=1)
+
+
 def export_module(module: nn.Module, examples: tuple[torch.Tensor, ...], path: Path,
-                  inputs: list[str], outputs: list[str], opset: int = OPSET) -> None:
-    """Export `module` to `path`; the first input's axis 0 is the dynamic batch axis, any
-    further inputs keep the shapes of their examples."""
+                  inputs: list[str], outputs: list[str], opset: int = OPSET,
+                  batched: int = 1) -> None:
+    """Export `module` to `path`; the first `batched` inputs share one dynamic batch axis 0,
+    any further inputs keep the shapes of their examples."""
     batch = torch.export.Dim(BATCH_AXIS, min=1)
-    dynamic: dict[str, dict[int, object] | None] = {name: None for name in inputs}
-    dynamic[inputs[0]] = {0: batch}
+    dynamic: dict[str, dict[int, object] | None] = {
+        name: {0: batch} if i < batched else None for i, name in enumerate(inputs)}
     with warnings.catch_warnings():  # torch.export's own deprecation chatter, not ours to fix
         warnings.simplefilter("ignore", FutureWarning)
+        # Inputs sharing the batch Dim: the exporter says it names the axis once, which we want.
+        warnings.filterwarnings("ignore", ".*The axis name: .* will not be used", UserWarning)
         torch.onnx.export(
             module.eval(),
             examples,
@@ -74,13 +97,18 @@ def export_module(module: nn.Module, examples: tuple[torch.Tensor, ...], path: P
 
 
 @torch.no_grad()
-def export_graphs(model: VAE, folder: Path, opset: int = OPSET) -> tuple[Path, Path]:
-    """Write encoder.onnx and decoder.onnx into `folder`; returns their paths."""
+def export_graphs(model: VAE, folder: Path, opset: int = OPSET) -> dict[str, Path]:
+    """Write every graph of the repository's contract into `folder`; graph -> its path."""
     model = model.cpu().eval()
-    shape = model.config.image_shape
-    encoder, decoder = folder / "encoder.onnx", folder / "decoder.onnx"
-    export_module(EncoderGraph(model), (torch.rand(TRACE_BATCH, *shape),), encoder, ["x"],
-                  ["mean", "log_var"], opset)
-    export_module(DecoderGraph(model), (torch.randn(TRACE_BATCH, model.config.latent_dim),),
-                  decoder, ["z"], ["x_hat"], opset)
-    return encoder, decoder
+    x = torch.rand(TRACE_BATCH, *model.config.image_shape)
+    z = torch.randn(TRACE_BATCH, model.config.latent_dim)
+    modules: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]] = {
+        "encoder": (EncoderGraph(model), (x,)), "decoder": (DecoderGraph(model), (z,)),
+        "scorer": (ScorerGraph(model), (z, x))}
+    paths = {}
+    for graph, (module, examples) in modules.items():
+        spec = GRAPHS[graph]
+        paths[graph] = folder / spec.file
+        export_module(module, examples, paths[graph], list(spec.inputs), list(spec.outputs),
+                      opset, batched=len(spec.inputs))
+    return paths

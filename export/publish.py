@@ -18,16 +18,16 @@ from tqdm import tqdm
 from export import verify
 from export.onnx_export import OPSET, export_graphs
 from service.plane.repository import (
-    DECODER,
-    ENCODER,
-    INPUT_NAMES,
+    GRAPHS,
     MANIFEST,
-    OUTPUT_NAMES,
+    REQUIRED_GRAPHS,
     Manifest,
     ModelSignature,
     published_versions,
     read_manifest,
+    row_shapes,
     sha256_file,
+    tensor_names,
     verify_graphs,
 )
 from training.data import load_splits
@@ -72,7 +72,8 @@ def _require_same_signature(repo: Path, model_name: str, run: Run) -> None:
     latest = read_manifest(repo / model_name / str(existing[-1]))
     config = run.model.config
     candidate = ModelSignature(model_name, config.image_shape, config.latent_dim,
-                               dict(INPUT_NAMES), {g: list(n) for g, n in OUTPUT_NAMES.items()})
+                               tensor_names(REQUIRED_GRAPHS, "inputs"),
+                               tensor_names(REQUIRED_GRAPHS, "outputs"))
     changes = latest.signature.differences(candidate, str(repo / model_name / str(existing[-1])))
     if changes:
         raise UsageError(
@@ -99,19 +100,19 @@ def publish(run_path: Path, repo: Path, model_name: str, version: int | None = N
     steps = tqdm(total=4, desc=f"{model_name} v{chosen}", unit="step", leave=False, disable=None)
     try:
         steps.set_postfix_str("export")
-        encoder, decoder = export_graphs(run.model, work, opset)
+        graphs = export_graphs(run.model, work, opset)
         steps.update()
         steps.set_postfix_str("onnx checker")
-        shape, latent = run.model.config.image_shape, run.model.config.latent_dim
-        verify.check_graph(encoder, {"x": shape}, {"mean": (latent,), "log_var": (latent,)})
-        verify.check_graph(decoder, {"z": (latent,)}, {"x_hat": shape})
+        for graph, path in graphs.items():
+            verify.check_graph(path, *row_shapes(graph, run.model.config.image_shape,
+                                                 run.model.config.latent_dim))
         steps.update()
         steps.set_postfix_str("parity")
         images, latents = _parity_inputs(run, data_dir)
-        errors = verify.parity_errors(run.model, encoder, decoder, images, latents)
+        errors = verify.parity_errors(run.model, graphs, images, latents)
         verify.require_parity(errors)
         steps.update()
-        manifest = _manifest(run, model_name, chosen, opset, work, errors)
+        manifest = _manifest(run, model_name, chosen, opset, work, errors, tuple(graphs))
         (work / MANIFEST).write_text(manifest.to_json())
         steps.update()
         steps.close()
@@ -127,7 +128,7 @@ def publish(run_path: Path, repo: Path, model_name: str, version: int | None = N
 
 
 def _manifest(run: Run, model_name: str, version: int, opset: int, folder: Path,
-              errors: dict[str, float]) -> Manifest:
+              errors: dict[str, float], graphs: tuple[str, ...]) -> Manifest:
     config = run.model.config
     return Manifest(
         model_name=model_name,
@@ -136,8 +137,9 @@ def _manifest(run: Run, model_name: str, version: int, opset: int, folder: Path,
         latent_dim=config.latent_dim,
         arch=config.arch,
         opset=opset,
-        sha256={name: sha256_file(folder / name) for name in (ENCODER, DECODER)},
+        sha256={GRAPHS[g].file: sha256_file(folder / GRAPHS[g].file) for g in graphs},
         parity={**errors, "tolerance": verify.PARITY_TOLERANCE,
+                "log_px_z_tolerance": verify.SCORER_TOLERANCE,
                 "batch_sizes": list(verify.PARITY_BATCH_SIZES)},
         versions={"torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": ort.__version__},
@@ -150,15 +152,16 @@ def _manifest(run: Run, model_name: str, version: int, opset: int, folder: Path,
             "metrics": run.metrics.get("evaluation", {}),
         },
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        inputs=tensor_names(graphs, "inputs"),
+        outputs=tensor_names(graphs, "outputs"),
     )
 
 
 def check_version(version_dir: Path) -> Manifest:
-    """Re-verify a published version: schema, sha256 of both graphs, load and a small run."""
+    """Re-verify a published version: schema, sha256 of each graph, load and a small run."""
     if not version_dir.is_dir():
         raise UsageError(f"{version_dir}: no such version folder")
     manifest = read_manifest(version_dir)
     verify_graphs(version_dir, manifest)
-    verify.smoke_run(version_dir / ENCODER, version_dir / DECODER, manifest.image_shape,
-                     manifest.latent_dim)
+    verify.smoke_run(version_dir, manifest.graphs, manifest.image_shape, manifest.latent_dim)
     return manifest

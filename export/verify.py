@@ -1,8 +1,8 @@
-"""Prove a pair of graphs right before anyone serves them: checker, load, parity, shapes."""
+"""Prove a version's graphs right before anyone serves them: checker, load, parity, shapes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +10,19 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import BATCH_AXIS
+from export.onnx_export import BATCH_AXIS, DecoderGraph, EncoderGraph, ScorerGraph
+from service.plane.repository import GRAPHS
 from training.model import VAE
 
 PARITY_BATCH_SIZES = (1, 3, 64)
 PARITY_TOLERANCE = 1e-5
 """Max abs error allowed between ONNX Runtime (CPU) and torch for mean, log_var and x_hat."""
+SCORER_TOLERANCE = 1e-3
+"""Max abs error allowed for log_px_z: a sum over every pixel of some -100s of nats in
+float32, where one unit in the last place of the sum is already about 1e-5."""
+TOLERANCES = {"mean": PARITY_TOLERANCE, "log_var": PARITY_TOLERANCE, "x_hat": PARITY_TOLERANCE,
+              "log_px_z": SCORER_TOLERANCE}
+"""Output -> its parity tolerance."""
 
 
 class VerificationError(Exception):
@@ -28,8 +35,8 @@ def _signature(values: Sequence[onnx.ValueInfoProto]) -> dict[str, list[int | st
     }
 
 
-def check_graph(path: Path, inputs: dict[str, Sequence[int]],
-                outputs: dict[str, Sequence[int]]) -> None:
+def check_graph(path: Path, inputs: Mapping[str, Sequence[int]],
+                outputs: Mapping[str, Sequence[int]]) -> None:
     """Full ONNX checker, then exact tensor names and shapes: [batch, *fixed], float32 only."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -53,47 +60,54 @@ def cpu_session(path: Path) -> ort.InferenceSession:
 
 
 @torch.no_grad()
-def parity_errors(model: VAE, encoder: Path, decoder: Path, images: np.ndarray,
+def parity_errors(model: VAE, graphs: dict[str, Path], images: np.ndarray,
                   latents: np.ndarray) -> dict[str, float]:
-    """Max abs difference ORT vs torch per output, over PARITY_BATCH_SIZES."""
+    """Max abs difference ORT vs torch per output of the given graphs, over PARITY_BATCH_SIZES."""
     model = model.cpu().eval()
-    enc, dec = cpu_session(encoder), cpu_session(decoder)
-    errors = {"mean": 0.0, "log_var": 0.0, "x_hat": 0.0}
+    sessions = {graph: cpu_session(path) for graph, path in graphs.items()}
+    modules = {"encoder": EncoderGraph(model), "decoder": DecoderGraph(model),
+               "scorer": ScorerGraph(model)}
+    errors: dict[str, float] = {}
     for n in PARITY_BATCH_SIZES:
         x, z = images[:n], latents[:n]
         if len(x) < n or len(z) < n:
             raise VerificationError(f"parity needs {n} images and latents, got {len(x)}")
-        mean, log_var = model.encode(torch.from_numpy(x))
-        ort_mean, ort_log_var = enc.run(["mean", "log_var"], {"x": x})
-        x_hat = torch.sigmoid(model.decode(torch.from_numpy(z))).numpy()
-        (ort_x_hat,) = dec.run(["x_hat"], {"z": z})
-        for name, ours, theirs in (("mean", mean.numpy(), ort_mean),
-                                   ("log_var", log_var.numpy(), ort_log_var),
-                                   ("x_hat", x_hat, ort_x_hat)):
-            errors[name] = max(errors[name], float(np.max(np.abs(ours - theirs))))
+        feeds = {"x": x, "z": z}
+        for graph, session in sessions.items():
+            spec = GRAPHS[graph]
+            ours = modules[graph](*(torch.from_numpy(feeds[name]) for name in spec.inputs))
+            ours = ours if isinstance(ours, tuple) else (ours,)
+            theirs = session.run(list(spec.outputs), {name: feeds[name] for name in spec.inputs})
+            for name, a, b in zip(spec.outputs, ours, theirs, strict=True):
+                errors[name] = max(errors.get(name, 0.0), float(np.max(np.abs(a.numpy() - b))))
     return errors
 
 
-def require_parity(errors: dict[str, float], tolerance: float = PARITY_TOLERANCE) -> None:
-    worst = {k: v for k, v in errors.items() if not v <= tolerance}
+def require_parity(errors: dict[str, float]) -> None:
+    worst = {k: v for k, v in errors.items() if not v <= TOLERANCES[k]}
     if worst:
-        details = ", ".join(f"{k} {v:.3g}" for k, v in worst.items())
-        raise VerificationError(f"parity with torch above {tolerance:g}: {details}; "
-                                "not published")
+        details = ", ".join(f"{k} {v:.3g} (tolerance {TOLERANCES[k]:g})" for k, v in worst.items())
+        raise VerificationError(f"parity with torch above tolerance: {details}; not published")
 
 
-def smoke_run(encoder: Path, decoder: Path, image_shape: tuple[int, ...], latent_dim: int,
-              batch: int = 3) -> None:
-    """Run both graphs on a small batch and check the stated shapes and value ranges."""
+def smoke_run(folder: Path, graphs: tuple[str, ...], image_shape: tuple[int, ...],
+              latent_dim: int, batch: int = 3) -> None:
+    """Run each graph on a small batch and check the stated shapes and value ranges."""
     x = np.random.default_rng(0).random((batch, *image_shape), dtype=np.float32)
-    mean, log_var = cpu_session(encoder).run(["mean", "log_var"], {"x": x})
-    (x_hat,) = cpu_session(decoder).run(["x_hat"], {"z": mean})
+    session = {graph: cpu_session(folder / GRAPHS[graph].file) for graph in graphs}
+    mean, log_var = session["encoder"].run(["mean", "log_var"], {"x": x})
+    (x_hat,) = session["decoder"].run(["x_hat"], {"z": mean})
     checks = [
         (mean.shape == (batch, latent_dim), f"encoder mean has shape {mean.shape}"),
         (log_var.shape == (batch, latent_dim), f"encoder log_var has shape {log_var.shape}"),
         (x_hat.shape == (batch, *image_shape), f"decoder x_hat has shape {x_hat.shape}"),
         (bool(np.all((x_hat >= 0) & (x_hat <= 1))), "decoder x_hat leaves [0, 1]"),
     ]
+    if "scorer" in session:  # saturated logits too: log p(x | z) stays finite and <= 0
+        (log_px_z,) = session["scorer"].run(["log_px_z"], {"z": 10 * mean, "x": x})
+        checks += [(log_px_z.shape == (batch,), f"scorer log_px_z has shape {log_px_z.shape}"),
+                   (bool(np.all(np.isfinite(log_px_z) & (log_px_z <= 0))),
+                    f"scorer log_px_z {log_px_z.tolist()} is not finite and <= 0")]
     for ok, message in checks:
         if not ok:
             raise VerificationError(f"{message}; the manifest states image {list(image_shape)}, "

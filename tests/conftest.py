@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import socket
 import sys
@@ -84,6 +85,18 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory, digits_run: Path,
     publish_run(digits_conv_run, repo, "vae-conv")
     publish_run(digits_subpixel_run, repo, "vae-subpixel")
     return repo
+
+
+def as_schema_1(folder: Path) -> Path:
+    """Rewrite a published version as vae-export wrote it before scorers: schema 1, encoder and
+    decoder only, one input name per graph, no outputs key."""
+    (folder / "scorer.onnx").unlink()
+    data = json.loads((folder / "manifest.json").read_text())
+    data.pop("outputs")
+    data.update(schema_version=1, inputs={"encoder": "x", "decoder": "z"},
+                sha256={name: data["sha256"][name] for name in ("encoder.onnx", "decoder.onnx")})
+    (folder / "manifest.json").write_text(json.dumps(data))
+    return folder
 
 
 StartServer = Callable[..., Awaitable[RunningServer]]

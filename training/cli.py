@@ -22,9 +22,16 @@ def _train(argv: list[str]) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     from training.config import build_evaluate_parser
-    from training.pipeline import evaluate_run
+    from training.pipeline import evaluate_run, write_per_image
 
     args = build_evaluate_parser().parse_args(argv)
+    if args.per_image is not None:
+        scores = write_per_image(args.run, args.per_image, args.data_dir, args.eval_images,
+                                 args.per_image_samples, args.seed, args.device)
+        print(f"wrote {args.per_image}: {len(scores['nll'])} images, {args.per_image_samples} "
+              f"samples, seed {args.seed}; mean nll {scores['nll'].mean():.2f} nats, "
+              f"neg_elbo {scores['neg_elbo'].mean():.2f}")
+        return 0
     evaluate_run(args.run, args.data_dir, args.iwae_samples, args.eval_images, args.device)
     print((args.run / "report.md").read_text())
     return 0

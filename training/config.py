@@ -15,6 +15,10 @@ from training.noise import Noise
 LR_SCHEDULES = ("constant", "onecycle")
 REPORT_IWAE_SAMPLES = 5000
 """k of the importance-sampled likelihood in reports (Burda et al. 2015 use 5000)."""
+PER_IMAGE_SAMPLES = 100
+"""k of `vae-train evaluate --per-image`, per image as Score draws them."""
+PER_IMAGE_SEED = 1
+"""Seed of the per-image draws; Score's seed 0 means "the server picks", so never 0."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,13 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwae-samples", type=int, default=REPORT_IWAE_SAMPLES,
                    help="k of the importance-sampled NLL")
     p.add_argument("--eval-images", type=int, default=TrainConfig.eval_images,
-                   help="test images used for the importance-sampled NLL")
+                   help="test images used for the importance-sampled NLL (and --per-image)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
+    p.add_argument("--per-image", type=Path, metavar="FILE.npz",
+                   help="instead of the evaluation, write each binarised test image's neg_elbo, "
+                   "reconstruction, kl and nll (nats) as the server's Score computes them")
+    p.add_argument("--per-image-samples", type=int, default=PER_IMAGE_SAMPLES,
+                   help="importance samples per image for --per-image (Score's samples)")
+    p.add_argument("--seed", type=int, default=PER_IMAGE_SEED,
+                   help="seed of the --per-image draws (Score's seed; >= 1)")
     return p

@@ -11,6 +11,9 @@ import torch
 from scipy.ndimage import median_filter
 from tqdm import tqdm
 
+from export.onnx_export import ScorerGraph
+from service.operations.draws import posterior_noise
+from service.operations.likelihood import bounds, posterior_latents
 from training.likelihood import OnnxLikelihood
 from training.loss import kl_divergence, log_normal, reconstruction_nll
 from training.model import VAE
@@ -25,6 +28,39 @@ BINARIZE_SEED = 1234
 
 IWAE_CHUNK = 2500
 """Latents per ONNX Runtime call in iwae_nll: large enough to keep every core busy."""
+SCORE_CHUNK_ROWS = 4096
+"""(latent, image) rows per decoder call in score_images."""
+
+
+def binarized_test(test: torch.Tensor, eval_images: int) -> torch.Tensor:
+    """The one fixed binarisation of the first `eval_images` test images that likelihoods use."""
+    binarizer = torch.Generator(device=test.device).manual_seed(BINARIZE_SEED)
+    return torch.bernoulli(test[:eval_images], generator=binarizer)
+
+
+@torch.no_grad()
+def score_images(model: VAE, images: np.ndarray, samples: int, seed: int
+                 ) -> dict[str, np.ndarray]:
+    """Per-image neg_elbo, reconstruction, kl and nll [N] as Score computes them: the same
+    draws (service.operations.draws) and bounds (service.operations.likelihood); only
+    log p(x | z) differs, torch here against the scorer graph in ONNX Runtime there."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.from_numpy(images).to(device)
+    encoded = [model.encode(chunk) for chunk in x.split(SCORE_CHUNK_ROWS)]
+    mean = torch.cat([m for m, _ in encoded]).cpu().numpy()
+    log_var = torch.cat([v for _, v in encoded]).cpu().numpy()
+    eps = posterior_noise(len(images), samples, model.config.latent_dim, seed)
+    z = posterior_latents(mean, log_var, eps)
+    rows = torch.from_numpy(z.reshape(-1, z.shape[-1])).to(device)
+    scorer = ScorerGraph(model)
+    log_px_z = np.empty(len(rows), np.float32)
+    for start in tqdm(range(0, len(rows), SCORE_CHUNK_ROWS), desc=f"score k={samples}",
+                      unit="chunk", leave=False, disable=None):
+        stop = min(start + SCORE_CHUNK_ROWS, len(rows))
+        image_of_row = torch.arange(start, stop, device=device) // samples
+        log_px_z[start:stop] = scorer(rows[start:stop], x[image_of_row]).cpu().numpy()
+    return bounds(log_px_z.reshape(len(images), samples), z, eps, mean, log_var)
 
 
 @torch.no_grad()
@@ -132,8 +168,7 @@ def evaluate(
     """Every reported number for one model, as a JSON-ready dict."""
     generator = torch.Generator(device=device).manual_seed(seed)
     test_t = torch.from_numpy(test).to(device)
-    binarizer = torch.Generator(device=device).manual_seed(BINARIZE_SEED)
-    binary = torch.bernoulli(test_t[:eval_images], generator=binarizer)
+    binary = binarized_test(test_t, eval_images)
     started = time.monotonic()
     nll, nll_se = iwae_nll(model, binary, iwae_samples, generator)
     iwae_seconds = time.monotonic() - started

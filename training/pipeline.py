@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
@@ -15,7 +17,7 @@ from tqdm import tqdm
 from training.config import TrainConfig
 from training.data import load_splits
 from training.errors import UsageError
-from training.evaluate import evaluate
+from training.evaluate import binarized_test, evaluate, score_images
 from training.model import build_model
 from training.noise import Noise
 from training.pictures import write_pictures
@@ -99,3 +101,39 @@ def evaluate_run(
     write_pictures(run.model, torch.from_numpy(splits.test).to(device),
                    Noise.parse(config["noise"]), path)
     return metrics
+
+
+def _per_image_file(out: Path) -> Path:
+    """Refuse, before any work, a file np.savez would rename or could not write."""
+    if out.suffix != ".npz":
+        raise UsageError(f"--per-image {out}: name a .npz file (e.g. {out.with_suffix('.npz')})")
+    if out.is_dir():
+        raise UsageError(f"--per-image {out} is a folder; name a .npz file")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"--per-image {out}: {out.parent} is not a folder this user can write "
+                         "to; create it or name a file in another one")
+    return out
+
+
+def write_per_image(path: Path, out: Path, data_dir: Path | None, eval_images: int,
+                    samples: int, seed: int, device_name: str) -> dict[str, np.ndarray]:
+    """Score the first `eval_images` binarised test images one by one as the server's Score
+    does (score_images) and write them with the images, samples and seed to `out`."""
+    out = _per_image_file(out)
+    for flag, value in (("--eval-images", eval_images), ("--per-image-samples", samples),
+                        ("--seed", seed)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    device = _device(device_name)
+    run = load_run(path, device_name)
+    config = run.config
+    folder = Path(config["data_dir"]) if data_dir is None and config["data_dir"] else data_dir
+    test = torch.from_numpy(load_splits(config["dataset"], folder).test).to(device)
+    images = binarized_test(test, eval_images).cpu().numpy()
+    scores = score_images(run.model, images, samples, seed)
+    data = {"images": images, **scores, "samples": np.array(samples), "seed": np.array(seed)}
+    try:
+        np.savez(out, allow_pickle=False, **data)
+    except OSError as err:
+        raise UsageError(f"--per-image {out}: cannot write it ({err.strerror})") from err
+    return data

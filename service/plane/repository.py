@@ -11,17 +11,52 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+"""Schema 1: encoder and decoder only, `inputs` maps a graph to one name; read as schema 2."""
 MANIFEST = "manifest.json"
-ENCODER = "encoder.onnx"
-DECODER = "decoder.onnx"
-GRAPH_FILES = {"encoder": ENCODER, "decoder": DECODER}
-INPUT_NAMES = {"encoder": "x", "decoder": "z"}
-OUTPUT_NAMES = {"encoder": ["mean", "log_var"], "decoder": ["x_hat"]}
-"""Tensor names of the contract; the server fetches outputs by these names, never by position."""
+Shape = tuple[int, ...]
+Side = Literal["inputs", "outputs"]
+
+
+class GraphSpec(NamedTuple):
+    """One graph of the contract: its file, its tensors (name -> per-row shape, see
+    `row_shapes`) in feed order, and whether every version must hold it."""
+
+    file: str
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    required: bool
+
+
+GRAPHS = {
+    "encoder": GraphSpec("encoder.onnx", {"x": "image"}, {"mean": "latent", "log_var": "latent"},
+                         required=True),
+    "decoder": GraphSpec("decoder.onnx", {"z": "latent"}, {"x_hat": "image"}, required=True),
+    "scorer": GraphSpec("scorer.onnx", {"z": "latent", "x": "image"}, {"log_px_z": "scalar"},
+                        required=False),
+}
+"""The graphs a version may hold; the server fetches outputs by these names, never by position."""
+REQUIRED_GRAPHS = tuple(graph for graph, spec in GRAPHS.items() if spec.required)
+GRAPH_FILES = {graph: spec.file for graph, spec in GRAPHS.items()}
+
+
+def tensor_names(graphs: tuple[str, ...] | list[str], side: Side) -> dict[str, list[str]]:
+    """Graph -> the contract's input or output names."""
+    return {graph: list(getattr(GRAPHS[graph], side)) for graph in graphs}
+
+
+def row_shapes(graph: str, image_shape: tuple[int, ...], latent_dim: int
+               ) -> tuple[dict[str, Shape], dict[str, Shape]]:
+    """The per-row shape (past the batch axis) of each input and output of `graph`: an image
+    [C, H, W], a latent [latent_dim], or a scalar [] (one number per row)."""
+    kinds: dict[str, Shape] = {"image": tuple(image_shape), "latent": (latent_dim,), "scalar": ()}
+    spec = GRAPHS[graph]
+    return ({name: kinds[kind] for name, kind in spec.inputs.items()},
+            {name: kinds[kind] for name, kind in spec.outputs.items()})
 
 
 @dataclass(frozen=True)
@@ -31,10 +66,10 @@ class ModelSignature:
     model_name: str
     image_shape: tuple[int, int, int]
     latent_dim: int
-    inputs: dict[str, str]
-    """Graph -> its input name."""
+    inputs: dict[str, list[str]]
+    """Required graph -> its input names."""
     outputs: dict[str, list[str]]
-    """Graph -> its output names."""
+    """Required graph -> its output names."""
 
     def differences(self, candidate: ModelSignature, this: str) -> list[str]:
         """What `candidate` changes, "FIELD VALUE, `this` has VALUE" each; [] when it may
@@ -74,7 +109,7 @@ class GraphError(ValueError):
 
 @dataclass(frozen=True)
 class Manifest:
-    """What vae-export publishes beside the two graphs (docs/model-repository.md)."""
+    """What vae-export publishes beside the graphs (docs/model-repository.md)."""
 
     model_name: str
     version: int
@@ -85,7 +120,7 @@ class Manifest:
     sha256: dict[str, str]
     """Graph file name -> hex sha256 of its bytes."""
     parity: dict[str, Any]
-    """Output name -> max abs error against torch; also the tolerance and batch sizes checked."""
+    """Output name -> max abs error against torch; also the tolerances and batch sizes checked."""
     versions: dict[str, str]
     """Library -> version used to export (torch, onnx, onnxruntime)."""
     training: dict[str, Any]
@@ -93,15 +128,24 @@ class Manifest:
     created: str
     """UTC, ISO-8601."""
     schema_version: int = SCHEMA_VERSION
-    inputs: dict[str, str] = field(default_factory=lambda: dict(INPUT_NAMES))
+    inputs: dict[str, list[str]] = field(
+        default_factory=lambda: tensor_names(REQUIRED_GRAPHS, "inputs"))
+    """Graph -> its input names."""
     outputs: dict[str, list[str]] = field(
-        default_factory=lambda: {graph: list(names) for graph, names in OUTPUT_NAMES.items()})
-    """Graph -> its output names (absent in older manifests: the contract's names)."""
+        default_factory=lambda: tensor_names(REQUIRED_GRAPHS, "outputs"))
+    """Graph -> its output names."""
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        """The graphs this version holds, in GRAPHS order: the required ones, maybe more."""
+        return tuple(graph for graph in GRAPHS if graph in self.outputs)
 
     @property
     def signature(self) -> ModelSignature:
-        return ModelSignature(self.model_name, self.image_shape, self.latent_dim, self.inputs,
-                              self.outputs)
+        """Only the required graphs: a version with a scorer may replace one without it."""
+        return ModelSignature(self.model_name, self.image_shape, self.latent_dim,
+                              {g: self.inputs[g] for g in REQUIRED_GRAPHS},
+                              {g: self.outputs[g] for g in REQUIRED_GRAPHS})
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -110,16 +154,18 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "manifest") -> Manifest:
-        """Validate every field's type; a mismatch raises ManifestError naming the field."""
+        """Validate every field's type; a mismatch raises ManifestError naming the field.
+        A schema 1 manifest comes back in schema 2's form."""
         if not isinstance(data, dict):
             raise ManifestError(f"{source}: expected a JSON object")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ManifestError(f"{source}: schema_version is {data.get('schema_version')!r}, "
-                                f"this reader understands {SCHEMA_VERSION}")
+        schema = data.get("schema_version")
+        if isinstance(schema, bool) or schema not in READABLE_SCHEMAS:
+            raise ManifestError(f"{source}: schema_version is {schema!r}, this reader "
+                                f"understands {' and '.join(map(str, READABLE_SCHEMAS))}")
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ManifestError(f"{source}: unknown key {unknown[0]!r} for schema_version "
-                                f"{SCHEMA_VERSION}; a manifest with new keys needs a new "
+                                f"{schema}; a manifest with new keys needs a new "
                                 "schema_version (and a server that reads it)")
         expected: dict[str, type | tuple[type, ...]] = {
             "model_name": str, "version": int, "image_shape": list, "latent_dim": int,
@@ -135,15 +181,55 @@ class Manifest:
             raise ManifestError(f"{source}: image_shape must be [C, H, W] of positive ints")
         if data["latent_dim"] < 1 or data["version"] < 1:
             raise ManifestError(f"{source}: latent_dim and version must be >= 1")
-        outputs = data.get("outputs", OUTPUT_NAMES)
-        if not isinstance(outputs, dict) or set(outputs) != set(OUTPUT_NAMES) or any(
-                not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-                or sorted(names) != sorted(OUTPUT_NAMES[graph]) for graph, names in outputs.items()):
-            raise ManifestError(f"{source}: outputs must name each graph's outputs once, in any "
-                                f"order (bound by name): {OUTPUT_NAMES}, got {outputs!r}")
-        if set(data["sha256"]) != set(GRAPH_FILES.values()):
-            raise ManifestError(f"{source}: sha256 must name exactly {sorted(GRAPH_FILES.values())}")
-        return cls(**{**data, "image_shape": (shape[0], shape[1], shape[2])})
+        inputs, outputs = (_schema_1_names if schema == 1 else _schema_2_names)(data, source)
+        files = sorted(GRAPHS[graph].file for graph in outputs)
+        if sorted(data["sha256"]) != files:
+            raise ManifestError(f"{source}: sha256 must name exactly {files} (the graphs its "
+                                f"outputs list), got {sorted(data['sha256'])}")
+        return cls(**{**data, "image_shape": (shape[0], shape[1], shape[2]),
+                      "schema_version": SCHEMA_VERSION, "inputs": inputs, "outputs": outputs})
+
+
+def _schema_1_names(data: dict[str, Any], source: str
+                    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Schema 1: encoder and decoder, one input name each; outputs absent means the contract's."""
+    inputs = data["inputs"]
+    if set(inputs) != set(REQUIRED_GRAPHS) or not all(isinstance(n, str) for n in inputs.values()):
+        contract = {graph: names[0] for graph, names in tensor_names(REQUIRED_GRAPHS, "inputs").items()}
+        raise ManifestError(f"{source}: inputs must map each graph to its input name in "
+                            f"schema_version 1: {contract}, got {inputs!r}")
+    outputs = data.get("outputs", tensor_names(REQUIRED_GRAPHS, "outputs"))
+    return (_checked_names({graph: [name] for graph, name in inputs.items()}, "inputs", source,
+                           REQUIRED_GRAPHS),
+            _checked_names(outputs, "outputs", source, REQUIRED_GRAPHS))
+
+
+def _schema_2_names(data: dict[str, Any], source: str
+                    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Schema 2: every graph the version holds, the required ones and any optional ones."""
+    outputs = _checked_names(data.get("outputs"), "outputs", source, tuple(GRAPHS))
+    inputs = _checked_names(data["inputs"], "inputs", source, tuple(GRAPHS))
+    if set(inputs) != set(outputs):
+        raise ManifestError(f"{source}: inputs lists the graphs {list(inputs)} but outputs "
+                            f"{list(outputs)}; each graph needs both: re-export the version "
+                            "with vae-export")
+    return inputs, outputs
+
+
+def _checked_names(value: Any, side: Side, source: str, allowed: tuple[str, ...]
+                   ) -> dict[str, list[str]]:
+    """Graph -> tensor names, each of the contract's once in any order (bound by name), for
+    every required graph and perhaps other `allowed` ones; in GRAPHS order."""
+    ok = isinstance(value, dict) and set(REQUIRED_GRAPHS) <= set(value) <= set(allowed) and all(
+        isinstance(names, list) and all(isinstance(n, str) for n in names)
+        and sorted(names) == sorted(getattr(GRAPHS[graph], side)) for graph, names in value.items())
+    if not ok:
+        optional = [graph for graph in allowed if graph not in REQUIRED_GRAPHS]
+        also = f" and optionally {tensor_names(optional, side)}" if optional else ""
+        raise ManifestError(f"{source}: {side} must name each graph's {side} once, in any order "
+                            f"(bound by name): {tensor_names(REQUIRED_GRAPHS, side)}{also}, "
+                            f"got {value!r}")
+    return {graph: list(value[graph]) for graph in GRAPHS if graph in value}
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

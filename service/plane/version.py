@@ -1,4 +1,4 @@
-"""ModelVersion: one loaded model version: its manifest, two ONNX Runtime sessions, two batchers.
+"""ModelVersion: one loaded model version: its manifest, a session and a batcher per graph.
 
 Loading is split in two: `load_graphs` does the slow, blocking part (sha256, sessions, the
 signature check, warm-up) and runs in a worker thread, so a new version can be prepared
@@ -20,15 +20,16 @@ from service.config import ServerConfig
 from service.context import RequestContext
 from service.errors import first_line
 from service.plane.repository import (
-    GRAPH_FILES,
+    GRAPHS,
     GraphError,
     Manifest,
     ManifestError,
     parse_canonical_version,
     read_manifest,
+    row_shapes,
     verify_graphs,
 )
-from service.runtime.ort_runner import CUDA, OrtRunner, Signature
+from service.runtime.ort_runner import CUDA, OrtRunner, Signature, pack_rows
 
 logger = logging.getLogger(__name__)
 WARMUP_BATCH_SIZES = (1, 8)
@@ -38,18 +39,18 @@ ROWS_PER_RUN = {"scorer": 1024}
 rows of the scorer, so k = 1000 for one image is one run, not sixteen."""
 
 
+def batch_rows(graph: str, config: ServerConfig) -> int:
+    """The most rows one run of `graph` takes (its batcher's max_batch_size)."""
+    return max(config.max_batch_size, ROWS_PER_RUN.get(graph, 0))
+
+
 @dataclass(frozen=True)
 class LoadedGraphs:
-    """A verified, warmed-up version that is not serving yet."""
+    """A verified, warmed-up version that is not serving yet: one runner per graph it holds."""
 
     folder: Path
     manifest: Manifest
-    encoder: OrtRunner
-    decoder: OrtRunner
-
-    @property
-    def runners(self) -> dict[str, OrtRunner]:
-        return {"encoder": self.encoder, "decoder": self.decoder}
+    runners: dict[str, OrtRunner]
 
 
 def _check_signature(path: Path, found: Signature, expected: dict[str, tuple[int, ...]]) -> None:
@@ -65,7 +66,8 @@ def _check_signature(path: Path, found: Signature, expected: dict[str, tuple[int
 
 
 def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
-    """Read and verify a version folder, create its sessions, check them, warm them up."""
+    """Read and verify a version folder, create a session per graph it holds, check each
+    against the contract, warm them up."""
     started = time.monotonic()
     manifest = read_manifest(folder)
     number = parse_canonical_version(folder.name)
@@ -74,30 +76,26 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
                             f"lies in folder {folder.name}; publish versions with vae-export")
     verify_graphs(folder, manifest)
     side_by_side = config.runner_instances(on_gpu=False) > 1  # a GPU opens no second session
-    runners = {graph: OrtRunner(folder / file, config.device, config.intra_op_threads,
-                                manifest.inputs[graph], manifest.outputs[graph],
-                                serial_below_rows=config.serial_below_rows,
-                                side_by_side=side_by_side)
-               for graph, file in GRAPH_FILES.items()}
-    image: tuple[int, ...] = tuple(manifest.image_shape)
-    latent = (manifest.latent_dim,)
-    Shapes = dict[str, tuple[int, ...]]
-    contract: dict[str, tuple[Shapes, Shapes]] = {"encoder": ({manifest.inputs["encoder"]: image},
-                            dict.fromkeys(manifest.outputs["encoder"], latent)),
-                "decoder": ({manifest.inputs["decoder"]: latent},
-                            dict.fromkeys(manifest.outputs["decoder"], image))}
-    for graph, (inputs, outputs) in contract.items():
-        _check_signature(folder / GRAPH_FILES[graph], runners[graph].inputs, inputs)
-        _check_signature(folder / GRAPH_FILES[graph], runners[graph].outputs, outputs)
+    runners, shapes = {}, {}
+    for graph in manifest.graphs:
+        path = folder / GRAPHS[graph].file
+        inputs, outputs = row_shapes(graph, manifest.image_shape, manifest.latent_dim)
+        runner = OrtRunner(path, config.device, config.intra_op_threads, list(inputs),
+                           manifest.outputs[graph], serial_below_rows=config.serial_below_rows,
+                           side_by_side=side_by_side)
+        _check_signature(path, runner.inputs, inputs)
+        _check_signature(path, runner.outputs, outputs)
+        runners[graph], shapes[graph] = runner, inputs.values()
     try:
-        for n in sorted({*WARMUP_BATCH_SIZES, config.max_batch_size}):
-            runners["encoder"].run(np.zeros((n, *image), np.float32))
-            runners["decoder"].run(np.zeros((n, *latent), np.float32))
+        for graph, runner in runners.items():
+            for n in sorted({*WARMUP_BATCH_SIZES, batch_rows(graph, config)}):
+                runner.run(pack_rows(*(np.zeros((n, *row), np.float32) for row in shapes[graph])))
     except Exception as err:  # ONNX Runtime's errors (out of memory, a kernel) derive from Exception
         raise GraphError(f"{folder}: the warm-up run failed ({first_line(err)}); check the "
                          "graphs with vae-export --check, or lower --max-batch-size") from err
-    logger.info("loaded %s in %.2f s", folder, time.monotonic() - started)
-    return LoadedGraphs(folder, manifest, runners["encoder"], runners["decoder"])
+    logger.info("loaded %s (%s) in %.2f s", folder, ", ".join(runners),
+                time.monotonic() - started)
+    return LoadedGraphs(folder, manifest, runners)
 
 
 class ScoreSink(Protocol):
@@ -127,7 +125,7 @@ class ModelVersion:
         self._output_names = {graph: runner.output_names for graph, runner in runners.items()}
         self._batchers = {
             graph: DynamicBatcher(graph, runner.run,
-                                  max_batch_size=max(config.max_batch_size, ROWS_PER_RUN.get(graph, 0)),
+                                  max_batch_size=batch_rows(graph, config),
                                   max_queue_delay_us=config.max_queue_delay_us,
                                   max_queue_rows=config.max_queue_rows, instances=self.instances,
                                   inline_below_us=config.inline_below_us,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -52,9 +54,32 @@ def _open_session(path: Path, providers: list[str], intra_op_threads: int) -> or
                          "re-export it with vae-export") from err
 
 
+def pack_rows(*arrays: np.ndarray) -> np.ndarray:
+    """The one batch array a runner of these inputs takes: a single array as it is; several
+    (same row count, in the runner's input order) flattened per row and joined along axis 1,
+    so the batcher can concatenate and split rows without knowing how many inputs there are."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"pack_rows: row counts {[len(a) for a in arrays]} differ")
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1, dtype=np.float32)
+
+
+def _item_shape(path: Path, name: str, inputs: Signature) -> tuple[int, ...]:
+    """The fixed shape of one row of input `name`; packed rows need every axis past 0 fixed."""
+    dims = inputs.get(name)
+    if dims is None or not all(isinstance(d, int) for d in dims[1:]):
+        raise GraphError(f"{path}: input {name!r} has dimensions {dims} (inputs: "
+                         f"{sorted(inputs)}); a graph of several inputs needs each named, with "
+                         "fixed dimensions past the batch axis: re-export it with vae-export")
+    return tuple(int(d) for d in dims[1:] if isinstance(d, int))
+
+
 class OrtRunner:
     """One InferenceSession; `run` may be called from several threads at once (ORT allows it).
 
+    `run` takes one array: the batch of a one-input graph, or the packed rows (`pack_rows`) of
+    a graph of several inputs, which it splits back into `input_names`' item shapes.
     Outputs are fetched by name, in the order of `output_names`, never by graph position.
     On CPU a second, single-threaded session of the same graph (opened only when one of
     them can happen: `serial_below_rows` > 0, or `side_by_side` runs) takes two kinds of batch:
@@ -64,7 +89,7 @@ class OrtRunner:
     multi-threaded runs side by side would ask for twice the cores there are).
     """
 
-    def __init__(self, path: Path, device: str, intra_op_threads: int, input_name: str,
+    def __init__(self, path: Path, device: str, intra_op_threads: int, input_names: list[str],
                  output_names: list[str], io_binding: bool | None = None,
                  serial_below_rows: int = 0, side_by_side: bool = False) -> None:
         providers = choose_providers(device)
@@ -82,7 +107,7 @@ class OrtRunner:
         self._lock = threading.Lock()
         self.inputs: Signature = {i.name: list(i.shape) for i in self.session.get_inputs()}
         self.outputs: Signature = {o.name: list(o.shape) for o in self.session.get_outputs()}
-        self.input_name, self.output_names = input_name, output_names
+        self.path, self.input_names, self.output_names = path, input_names, output_names
         self.io_binding = self.provider == CUDA if io_binding is None else io_binding
         """On by default on CUDA only; on CPU it exists so its code path is tested without a GPU."""
 
@@ -101,19 +126,36 @@ class OrtRunner:
             with self._lock:
                 self._running -= 1
 
+    @functools.cached_property
+    def _item_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> the shape of one row, to split packed rows; read at the first run, so
+        a loader's signature check comes first with its own message."""
+        return {name: _item_shape(self.path, name, self.inputs) for name in self.input_names}
+
+    def _feeds(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Input name -> its array: the batch itself, or the packed rows split and reshaped."""
+        if len(self.input_names) == 1:
+            return {self.input_names[0]: batch}
+        sizes = {name: math.prod(shape) for name, shape in self._item_shapes.items()}
+        if batch.ndim != 2 or batch.shape[1] != sum(sizes.values()):
+            raise ValueError(f"packed rows of {self.input_names} need shape "
+                             f"[rows, {sum(sizes.values())}], got {list(batch.shape)}")
+        feeds, start = {}, 0
+        for name, shape in self._item_shapes.items():
+            part = batch[:, start:start + sizes[name]]
+            feeds[name] = np.ascontiguousarray(part).reshape(len(batch), *shape)
+            start += sizes[name]
+        return feeds
+
     def _run_on(self, session: ort.InferenceSession, batch: np.ndarray) -> list[np.ndarray]:
+        feeds = self._feeds(batch)
         if not self.io_binding:
-            return list(session.run(self.output_names, {self.input_name: batch}))
+            return list(session.run(self.output_names, feeds))
         binding = session.io_binding()
         device = "cuda" if self.provider == CUDA else "cpu"
-        binding.bind_ortvalue_input(self.input_name,
-                                    ort.OrtValue.ortvalue_from_numpy(batch, device, 0))
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
         return list(binding.copy_outputs_to_cpu())
-
-
-def pack_rows(*arrays: np.ndarray) -> np.ndarray:
-    """Several inputs sharing axis 0 as one float32 array of rows, each flattened, in order."""
-    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1, dtype=np.float32)

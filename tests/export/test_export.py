@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from export import verify
 from export.cli import build_parser, main
-from service.plane.repository import read_manifest
-from tests.conftest import ROOT
+from export.onnx_export import ScorerGraph
+from service.plane.repository import read_manifest, sha256_file
+from tests.conftest import ROOT, as_schema_1
 from training.data import load_digits
 from training.run_dir import load_run
 
@@ -25,21 +27,64 @@ def test_parity_within_tolerance_at_three_batch_sizes(model_repo: Path, model: s
     folder = model_repo / model / "1"
     images = load_digits().test[:64]
     latents = np.random.default_rng(5).standard_normal((64, 8)).astype(np.float32)
-    errors = verify.parity_errors(run.model, folder / "encoder.onnx", folder / "decoder.onnx",
-                                  images, latents)
-    assert max(errors.values()) <= 1e-5
+    graphs = {graph: folder / f"{graph}.onnx" for graph in ("encoder", "decoder", "scorer")}
+    errors = verify.parity_errors(run.model, graphs, images, latents)
+    assert set(errors) == {"mean", "log_var", "x_hat", "log_px_z"}
+    assert max(errors["mean"], errors["log_var"], errors["x_hat"]) <= 1e-5
+    assert errors["log_px_z"] <= verify.SCORER_TOLERANCE
     manifest = read_manifest(folder)
     assert manifest.parity["batch_sizes"] == [1, 3, 64] and manifest.parity["x_hat"] <= 1e-5
+    assert manifest.parity["log_px_z"] <= manifest.parity["log_px_z_tolerance"] == 1e-3
 
 
 def test_graphs_have_the_design_signature_and_a_dynamic_batch(model_repo: Path) -> None:
     folder = model_repo / "vae" / "1"
     verify.check_graph(folder / "encoder.onnx", {"x": (1, 8, 8)}, {"mean": (8,), "log_var": (8,)})
     verify.check_graph(folder / "decoder.onnx", {"z": (8,)}, {"x_hat": (1, 8, 8)})
+    verify.check_graph(folder / "scorer.onnx", {"z": (8,), "x": (1, 8, 8)}, {"log_px_z": ()})
     decoder = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    scorer = ort.InferenceSession(str(folder / "scorer.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 100):
         (x_hat,) = decoder.run(None, {"z": np.zeros((n, 8), np.float32)})
         assert x_hat.shape == (n, 1, 8, 8) and 0 <= x_hat.min() <= x_hat.max() <= 1
+        (log_px_z,) = scorer.run(None, {"z": np.zeros((n, 8), np.float32), "x": x_hat})
+        assert log_px_z.shape == (n,) and np.all(log_px_z < 0)
+
+
+def _ort_log_sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Log(Sigmoid(logits)) in ONNX Runtime: what the exporter makes of BCE-with-logits."""
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["l"], ["s"]), helper.make_node("Log", ["s"], ["y"])],
+        "log_sigmoid", [value("l", TensorProto.FLOAT, ["n"])], [value("y", TensorProto.FLOAT, ["n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"l": logits.ravel()})
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("model", ["vae", "vae-conv", "vae-subpixel"])
+def test_the_scorer_stays_finite_where_log_sigmoid_is_minus_infinity(
+        model_repo: Path, model: str, request: pytest.FixtureRequest) -> None:
+    """Latents far out in the prior's tail saturate the decoder; ONNX Runtime's Log(Sigmoid)
+    gives -inf there (its sigmoid is 0 below about -20), the scorer a finite number."""
+    fixture = {"vae": "digits_run", "vae-conv": "digits_conv_run",
+               "vae-subpixel": "digits_subpixel_run"}[model]
+    run = load_run(request.getfixturevalue(fixture))
+    rng = np.random.default_rng(0)
+    z = 100 * rng.standard_normal((256, 8), dtype=np.float32)
+    x = (rng.random((256, 1, 8, 8)) > 0.5).astype(np.float32)
+    with torch.no_grad():
+        logits = run.model.decode(torch.from_numpy(z)).numpy()
+        expected = ScorerGraph(run.model)(torch.from_numpy(z), torch.from_numpy(x)).numpy()
+    assert np.isneginf(_ort_log_sigmoid(np.concatenate([logits, -logits]))).any()
+    scorer = ort.InferenceSession(str(model_repo / model / "1" / "scorer.onnx"),
+                                  providers=["CPUExecutionProvider"])
+    (log_px_z,) = scorer.run(["log_px_z"], {"z": z, "x": x})
+    assert np.all(np.isfinite(log_px_z)) and np.all(log_px_z <= 0)
+    np.testing.assert_allclose(log_px_z, expected, rtol=1e-6, atol=verify.SCORER_TOLERANCE)
 
 
 def test_manifest_records_provenance(model_repo: Path) -> None:
@@ -52,24 +97,61 @@ def test_manifest_records_provenance(model_repo: Path) -> None:
 
 def test_check_accepts_a_published_version(model_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--check", str(model_repo / "vae" / "1")]) == 0
-    assert "OK" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK" in out and "graphs encoder, decoder, scorer)" in out
 
 
+@pytest.mark.parametrize("graph", ["decoder.onnx", "scorer.onnx"])
 def test_flipped_byte_fails_check_naming_file_and_hashes(model_repo: Path, tmp_path: Path,
+                                                         graph: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     copy = shutil.copytree(model_repo / "vae" / "1", tmp_path / "1")
-    blob = bytearray((copy / "decoder.onnx").read_bytes())
+    blob = bytearray((copy / graph).read_bytes())
     blob[len(blob) // 2] ^= 0xFF
-    (copy / "decoder.onnx").write_bytes(bytes(blob))
+    (copy / graph).write_bytes(bytes(blob))
     assert main(["--check", str(copy)]) == 2
     err = capsys.readouterr().err
-    expected = read_manifest(copy).sha256["decoder.onnx"]
-    assert "decoder.onnx: sha256 " in err and f"manifest's {expected}" in err
+    expected = read_manifest(copy).sha256[graph]
+    assert f"{graph}: sha256 " in err and f"manifest's {expected}" in err
+
+
+def test_check_runs_the_scorer(model_repo: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A scorer that answers log p(x | z) > 0 (here: the encoder's mean) fails the smoke run."""
+    copy = shutil.copytree(model_repo / "vae" / "1", tmp_path / "1")
+    (copy / "scorer.onnx").write_bytes(_scorer_of_positive_sums(copy / "scorer.onnx"))
+    data = json.loads((copy / "manifest.json").read_text())
+    data["sha256"]["scorer.onnx"] = sha256_file(copy / "scorer.onnx")
+    (copy / "manifest.json").write_text(json.dumps(data))
+    assert main(["--check", str(copy)]) == 1
+    assert "scorer log_px_z" in capsys.readouterr().err
+
+
+def _scorer_of_positive_sums(path: Path) -> bytes:
+    """The scorer with its output negated: right names and shapes, wrong sign."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    (output,) = graph.output
+    for node in graph.node:
+        node.output[:] = ["log_px_z_raw" if o == output.name else o for o in node.output]
+    graph.node.append(helper.make_node("Neg", ["log_px_z_raw"], [output.name]))
+    return bytes(model.SerializeToString())
+
+
+def test_check_accepts_a_version_without_a_scorer(model_repo: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    copy = as_schema_1(shutil.copytree(model_repo / "vae" / "1", tmp_path / "1"))
+    assert main(["--check", str(copy)]) == 0
+    assert "graphs encoder, decoder)" in capsys.readouterr().out
 
 
 def test_failure_midway_leaves_no_version_folder(digits_run: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify, "parity_errors", lambda *a: {"mean": 0.5, "log_var": 0, "x_hat": 0})
+    monkeypatch.setattr(verify, "parity_errors",
+                        lambda *a: {"mean": 0, "log_var": 0, "x_hat": 0, "log_px_z": 0.5})
     assert main([str(digits_run), "--repo", str(tmp_path)]) == 1
     assert list((tmp_path / "vae").iterdir()) == []
 

@@ -54,6 +54,11 @@ def _swapped(folder: Path) -> None:
     _rewrite_hashes(folder)
 
 
+def _scorer_is_the_decoder(folder: Path) -> None:
+    (folder / "scorer.onnx").write_bytes((folder / "decoder.onnx").read_bytes())
+    _rewrite_hashes(folder)
+
+
 def _decoder_of_latent_5(folder: Path) -> None:
     """A real decoder graph z [N, 5] -> x_hat [N, 1, 8, 8]; encoder and manifest say latent 8."""
     import numpy as np
@@ -81,6 +86,8 @@ CASES = {
     "empty graph": (_graph_bytes(lambda b: b""), UNLOADABLE),
     "truncated graph": (_graph_bytes(lambda b: b[: len(b) // 2]), UNLOADABLE),
     "graphs swapped": (_swapped, "encoder.onnx has tensors ['z']"),
+    "scorer of another signature": (_scorer_is_the_decoder,
+                                    "scorer.onnx has tensors ['z']; the manifest states ['x', 'z']"),
     "decoder of another latent size": (_decoder_of_latent_5,
                                        "decoder.onnx: z has dimensions ['batch', 5]"),
 }

@@ -1,5 +1,6 @@
 """OrtRunner: every way it runs a batch (I/O binding, the single-threaded session) gives the
-same bytes, here on CPU; outputs are bound by name, in whatever order a manifest lists them."""
+same bytes, here on CPU; outputs are bound by name, in whatever order a manifest lists them;
+a graph of several inputs (the scorer) takes packed rows."""
 
 import json
 import shutil
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from service.fronts.tensors import to_array, to_tensor
-from service.runtime.ort_runner import OrtRunner
+from service.runtime.ort_runner import OrtRunner, pack_rows
 from service.transport.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 from tests.conftest import server_config
@@ -27,8 +29,8 @@ def test_io_binding_equals_the_plain_run(model_repo: Path, graph: str, feed: str
     path = model_repo / "vae" / "1" / graph
     shape = (5, 1, 8, 8) if feed == "x" else (5, 8)
     batch = np.random.default_rng(0).random(shape, dtype=np.float32)
-    plain = OrtRunner(path, "cpu", 1, feed, outputs, io_binding=False).run(batch)
-    bound_runner = OrtRunner(path, "cpu", 1, feed, outputs, io_binding=True)
+    plain = OrtRunner(path, "cpu", 1, [feed], outputs, io_binding=False).run(batch)
+    bound_runner = OrtRunner(path, "cpu", 1, [feed], outputs, io_binding=True)
     assert bound_runner.io_binding
     bound = bound_runner.run(batch)
     assert [a.tobytes() for a in plain] == [b.tobytes() for b in bound]
@@ -44,9 +46,9 @@ def test_the_single_threaded_session_gives_the_threaded_sessions_bytes(
         model_repo: Path, model: str, graph: str, feed: str, outputs: list[str],
         rows: int) -> None:
     path = model_repo / model / "1" / graph
-    threaded = OrtRunner(path, "cpu", 2, feed, outputs, serial_below_rows=0)
+    threaded = OrtRunner(path, "cpu", 2, [feed], outputs, serial_below_rows=0)
     assert threaded.serial is None  # nothing would ever run on it
-    serial = OrtRunner(path, "cpu", 2, feed, outputs, serial_below_rows=64)
+    serial = OrtRunner(path, "cpu", 2, [feed], outputs, serial_below_rows=64)
     assert serial.serial is not None
     tail = tuple(d for d in serial.inputs[feed][1:] if isinstance(d, int))
     batch = np.random.default_rng(0).random((rows, *tail), dtype=np.float32)
@@ -57,7 +59,7 @@ def test_the_single_threaded_session_gives_the_threaded_sessions_bytes(
 
 def test_a_run_beside_another_takes_the_single_threaded_session(model_repo: Path) -> None:
     """Two multi-threaded runs side by side would ask for twice the cores there are."""
-    runner = OrtRunner(model_repo / "vae" / "1" / "decoder.onnx", "cpu", 2, "z", ["x_hat"],
+    runner = OrtRunner(model_repo / "vae" / "1" / "decoder.onnx", "cpu", 2, ["z"], ["x_hat"],
                        serial_below_rows=0, side_by_side=True)
     both_running = threading.Barrier(2, timeout=10)
     used: list[bool] = []
@@ -83,8 +85,8 @@ def test_a_run_beside_another_takes_the_single_threaded_session(model_repo: Path
 def test_outputs_come_in_the_order_they_are_asked_for(model_repo: Path, io_binding: bool) -> None:
     path = model_repo / "vae" / "1" / "encoder.onnx"
     batch = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
-    mean, log_var = OrtRunner(path, "cpu", 1, "x", ["mean", "log_var"], io_binding).run(batch)
-    got = OrtRunner(path, "cpu", 1, "x", ["log_var", "mean"], io_binding).run(batch)
+    mean, log_var = OrtRunner(path, "cpu", 1, ["x"], ["mean", "log_var"], io_binding).run(batch)
+    got = OrtRunner(path, "cpu", 1, ["x"], ["log_var", "mean"], io_binding).run(batch)
     assert [a.tobytes() for a in got] == [log_var.tobytes(), mean.tobytes()]
     assert mean.tobytes() != log_var.tobytes()
 
@@ -110,3 +112,42 @@ async def test_a_manifest_listing_log_var_first_still_answers_mean_as_mean(
     expected, got = answers
     assert to_array(got.mean).tobytes() == to_array(expected.mean).tobytes()
     assert to_array(got.log_var).tobytes() == to_array(expected.log_var).tobytes()
+
+
+def _scorer_rows(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(rows)
+    return (rng.standard_normal((rows, 8), dtype=np.float32),
+            (rng.random((rows, 1, 8, 8)) > 0.5).astype(np.float32))
+
+
+@pytest.mark.parametrize("io_binding", [False, True])
+@pytest.mark.parametrize("serial_below_rows", [0, 64])
+def test_packed_rows_give_the_scorers_own_answer(model_repo: Path, io_binding: bool,
+                                                 serial_below_rows: int) -> None:
+    path = model_repo / "vae" / "1" / "scorer.onnx"
+    z, x = _scorer_rows(5)
+    (expected,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        ["log_px_z"], {"z": z, "x": x})
+    runner = OrtRunner(path, "cpu", 2, ["z", "x"], ["log_px_z"], io_binding,
+                       serial_below_rows=serial_below_rows)
+    (got,) = runner.run(pack_rows(z, x))
+    assert got.shape == (5,) and got.tobytes() == expected.tobytes()
+    (first_two,) = runner.run(pack_rows(z, x)[:2])  # rows stay rows: a batcher may cut anywhere
+    assert first_two.tobytes() == expected[:2].tobytes()
+
+
+def test_pack_rows_joins_each_rows_inputs_and_passes_one_array_through() -> None:
+    z, x = _scorer_rows(3)
+    packed = pack_rows(z, x)
+    assert packed.shape == (3, 8 + 64) and packed.dtype == np.float32
+    assert packed[1].tobytes() == z[1].tobytes() + x[1].tobytes()
+    assert pack_rows(x) is x
+    with pytest.raises(ValueError, match=r"row counts \[3, 2\] differ"):
+        pack_rows(z, x[:2])
+
+
+def test_packed_rows_of_another_width_are_refused(model_repo: Path) -> None:
+    runner = OrtRunner(model_repo / "vae" / "1" / "scorer.onnx", "cpu", 1, ["z", "x"],
+                       ["log_px_z"])
+    with pytest.raises(ValueError, match=r"need shape \[rows, 72\], got \[3, 71\]"):
+        runner.run(np.zeros((3, 71), np.float32))

@@ -19,7 +19,7 @@ from service.fronts.tensors import to_array, to_tensor
 from service.operations.draws import prior_latents
 from service.transport.server import RunningServer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import StartServer, spawn_server
+from tests.conftest import StartServer, as_schema_1, server_config, spawn_server
 from tests.service.conftest import publish
 
 CLIENTS = 32
@@ -409,3 +409,35 @@ async def test_a_pin_naming_a_missing_version_follows_model_version(
     shutil.rmtree(live_repo / "vae" / "1")  # the pinned folder is deleted
     await running.watcher.rescan()
     assert running.plane.current.number == 2
+
+
+def test_every_graph_a_version_holds_is_loaded_checked_and_warmed(model_repo: Path,
+                                                                  tmp_path: Path) -> None:
+    from service.plane.version import load_graphs
+    from service.runtime.ort_runner import pack_rows
+
+    old = as_schema_1(shutil.copytree(model_repo / "vae" / "1", tmp_path / "vae" / "1"))
+    assert list(load_graphs(old, server_config(tmp_path)).runners) == ["encoder", "decoder"]
+    loaded = load_graphs(model_repo / "vae" / "1", server_config(model_repo))
+    assert list(loaded.runners) == ["encoder", "decoder", "scorer"]
+    assert loaded.runners["decoder"].input_names == ["z"]
+    z = 10 * np.random.default_rng(0).standard_normal((4, 8), dtype=np.float32)
+    (log_px_z,) = loaded.runners["scorer"].run(pack_rows(z, np.ones((4, 1, 8, 8), np.float32)))
+    assert log_px_z.shape == (4,) and np.all(np.isfinite(log_px_z)) and np.all(log_px_z < 0)
+
+
+async def test_versions_with_and_without_a_scorer_replace_each_other(
+        start_server: StartServer, live_repo: Path, model_repo: Path) -> None:
+    import json
+
+    as_schema_1(live_repo / "vae" / "1")
+    running = await start_server(model_repo=live_repo, poll_interval_s=0)
+    assert running.plane.current.manifest.graphs == ("encoder", "decoder")
+    for version, old in ((2, False), (3, True)):
+        folder = shutil.copytree(model_repo / "vae" / "1", live_repo / "vae" / str(version))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
+        if old:
+            as_schema_1(folder)
+        await running.watcher.rescan()
+        assert running.plane.current.number == version, running.watcher.refusal(version)
