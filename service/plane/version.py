@@ -88,7 +88,7 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
         runners[graph], shapes[graph] = runner, inputs.values()
     try:
         for graph, runner in runners.items():
-            for n in sorted({*WARMUP_BATCH_SIZES, batch_rows(graph, config)}):
+            for n in sorted({*WARMUP_BATCH_SIZES, config.max_batch_size}):
                 runner.run(pack_rows(*(np.zeros((n, *row), np.float32) for row in shapes[graph])))
     except Exception as err:  # ONNX Runtime's errors (out of memory, a kernel) derive from Exception
         raise GraphError(f"{folder}: the warm-up run failed ({first_line(err)}); check the "

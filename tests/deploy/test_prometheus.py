@@ -228,7 +228,7 @@ async def test_dashboard_and_hpa_queries_through_a_real_prometheus(prometheus: P
                  {"decoder": _rate(pods * (DECODES_OK + SAMPLES))}, rate_tolerance,
                  "Batches per second by graph")
     _assert_near(prometheus.by(q["Queued rows by pod and graph/A"], "pod", "graph"),
-                 {f"{p}/{g}": 0.0 for p in PODS for g in ("decoder", "encoder")}, 0,
+                 {f"{p}/{g}": 0.0 for p in PODS for g in ("decoder", "encoder", "scorer")}, 0,
                  "Queued rows by pod and graph")
     _assert_near(prometheus.by(q["Queued rows per pod (HPA input)/A"], "pod"),
                  dict.fromkeys(PODS, 0.0), 0, "Queued rows per pod")
