@@ -6,6 +6,8 @@ ghz wants bytes as base64 inside JSON; a binary message file (`"binary-file"`) i
 and exact. The images are the model's own decodings of prior draws (the model repository is
 all it needs), or with --data-dir the test images of the model's dataset; the latents are
 their posterior means, computed with the exported encoder; the noisy images add sigma 0.3.
+Score sends the images with SCORE_SAMPLES importance samples each; Interpolate runs from the
+first image to the second in ITEMS frames along the spherical path.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from training.errors import UsageError
 
 ITEMS = 8
 NOISE_SIGMA = 0.3
+SCORE_SAMPLES = 4
+"""Importance samples per image in score.bin: 32 scorer rows per call."""
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -54,6 +58,9 @@ def write_payloads(repo: Path, model: str, out: Path, data_dir: str | None = Non
         "encode.bin": vae_pb2.EncodeRequest(images=to_tensor(images)),
         "decode.bin": vae_pb2.DecodeRequest(latents=to_tensor(latents)),
         "denoise.bin": vae_pb2.DenoiseRequest(images=to_tensor(noisy)),
+        "score.bin": vae_pb2.ScoreRequest(images=to_tensor(images), samples=SCORE_SAMPLES, seed=7),
+        "interpolate.bin": vae_pb2.InterpolateRequest(
+            images=to_tensor(images[:2]), steps=ITEMS, path=vae_pb2.INTERPOLATION_PATH_SPHERICAL),
     }
     out.mkdir(parents=True, exist_ok=True)
     for name, message in messages.items():

@@ -74,7 +74,7 @@ def _ghz_section() -> str:
 
 def test_there_is_a_config_per_rpc() -> None:
     assert {json.loads(c.read_text())["call"].rsplit(".", 1)[1] for c in CONFIGS} == {
-        "Encode", "Decode", "Sample", "Denoise"}
+        "Encode", "Decode", "Sample", "Denoise", "Score", "Interpolate"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -150,7 +150,7 @@ def _send_all(port: int, payloads: Path) -> list[int]:
 async def test_payloads_from_real_images_pass_through_the_real_server(
         project: Path, server: RunningServer) -> None:
     counts = await asyncio.to_thread(_send_all, server.port, project / "deploy" / "ghz" / "payloads")
-    assert counts == [8, 8, 8, 8]
+    assert counts == [8] * len(CONFIGS)  # 8 images, latents, draws, scores or frames each
 
 
 def _readme_grpcurl_scripts() -> list[str]:
