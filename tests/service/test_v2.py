@@ -148,9 +148,9 @@ def test_response_echoes_id_names_version_and_honours_the_output_subset(triton_r
     ("score_samples", "INVALID_ARGUMENT", "samples: 1000000 is out of range"),
     ("score_shape", "INVALID_ARGUMENT", "x: shape [3, 1, 4, 8] does not match [N, 1, 8, 8]"),
     ("interpolate_steps", "INVALID_ARGUMENT", "steps: 1 is out of range"),
-    ("interpolate_both_ends", "INVALID_ARGUMENT", ""),
-    ("interpolate_no_end", "INVALID_ARGUMENT", ""),
-    ("interpolate_three_codes", "INVALID_ARGUMENT", "z: shape [3, 8]"),
+    ("interpolate_both_ends", "INVALID_ARGUMENT", "send exactly one of x or z; got x, z"),
+    ("interpolate_no_end", "INVALID_ARGUMENT", "send exactly one of x or z; got none"),
+    ("interpolate_three_codes", "INVALID_ARGUMENT", "z: 3 items; interpolate takes exactly 2"),
 ])
 def test_errors_have_codes_and_messages(triton_run: TritonRun, case: str, code: str,
                                         message: str) -> None:
