@@ -3,9 +3,13 @@
 python deploy/ghz/make_payloads.py --repo models --model vae --out deploy/ghz/payloads
 
 ghz wants bytes as base64 inside JSON; a binary message file (`"binary-file"`) is simpler
-and exact. The images are the model's own decodings of prior draws (the model repository is
-all it needs), or with --data-dir the test images of the model's dataset; the latents are
-their posterior means, computed with the exported encoder; the noisy images add sigma 0.3.
+and exact. Each file holds one message behind its size as a varint (length-delimited): ghz
+reads a binary file first as a sequence of such messages and only then as one bare message,
+and a bare message can happen to read as a sequence of wrong ones (interpolate.bin did: every
+call was refused for having no endpoints). The images are the model's own decodings of prior
+draws (the model repository is all it needs), or with --data-dir the test images of the
+model's dataset; the latents are their posterior means, computed with the exported encoder;
+the noisy images add sigma 0.3.
 Score sends the images with SCORE_SAMPLES importance samples each; Interpolate runs from the
 first image to the second in ITEMS frames along the spherical path.
 """
@@ -47,6 +51,29 @@ def payload_images(folder: Path, data_dir: str | None) -> np.ndarray:
     return images
 
 
+def delimited(message: Message) -> bytes:
+    """The message behind its size as a base-128 varint: one message, however ghz reads it."""
+    body: bytes = message.SerializeToString()
+    size, prefix = len(body), bytearray()
+    while True:
+        low, size = size & 0x7F, size >> 7
+        prefix.append(low | (0x80 if size else 0))
+        if not size:
+            return bytes(prefix) + body
+
+
+def message_bytes(payload: bytes) -> bytes:
+    """The serialized message of a payload file: its size varint read and checked."""
+    size = shift = offset = 0
+    while payload[offset] & 0x80:
+        size |= (payload[offset] & 0x7F) << shift
+        shift, offset = shift + 7, offset + 1
+    size |= payload[offset] << shift
+    if offset + 1 + size != len(payload):
+        raise ValueError(f"a payload of {len(payload)} bytes says its message has {size}")
+    return payload[offset + 1 :]
+
+
 def write_payloads(repo: Path, model: str, out: Path, data_dir: str | None = None) -> list[Path]:
     folder = resolve_version(repo, model, 0)
     images = np.ascontiguousarray(payload_images(folder, data_dir))
@@ -64,7 +91,7 @@ def write_payloads(repo: Path, model: str, out: Path, data_dir: str | None = Non
     }
     out.mkdir(parents=True, exist_ok=True)
     for name, message in messages.items():
-        (out / name).write_bytes(message.SerializeToString())
+        (out / name).write_bytes(delimited(message))
     return [out / name for name in messages]
 
 
