@@ -166,7 +166,8 @@ def test_readme_walks_from_install_to_calls(walk: Walk) -> None:
     psnr = json.loads((walk.folder / "runs" / "digits-mlp" / "metrics.json").read_text())[
         "evaluation"]["psnr"]["gaussian:0.2"]
     assert psnr["vae"] > max(psnr["noisy"], psnr["pca"]) + 1, "the quick-start model must denoise"
-    assert {"grid.png", "noisy.png", "clean.png", "codes.npz"} <= {p.name for p in walk.folder.iterdir()}
+    assert {"grid.png", "noisy.png", "clean.png", "codes.npz", "scores.csv", "extremes.png",
+            "strip.png"} <= {p.name for p in walk.folder.iterdir()}
     assert any("(4, 1, 8, 8) from version 1" in out for out in walk.log), "tritonclient's recipe"
     if "protoc" not in " ".join(walk.not_run):
         assert (walk.folder / "vae" / "v1" / "vae_grpc.pb.go").is_file(), "the Go line"

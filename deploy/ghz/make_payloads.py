@@ -3,9 +3,15 @@
 python deploy/ghz/make_payloads.py --repo models --model vae --out deploy/ghz/payloads
 
 ghz wants bytes as base64 inside JSON; a binary message file (`"binary-file"`) is simpler
-and exact. The images are the model's own decodings of prior draws (the model repository is
-all it needs), or with --data-dir the test images of the model's dataset; the latents are
-their posterior means, computed with the exported encoder; the noisy images add sigma 0.3.
+and exact. Each file holds one message behind its size as a varint (length-delimited): ghz
+reads a binary file first as a sequence of such messages and only then as one bare message,
+and a bare message can happen to read as a sequence of wrong ones (interpolate.bin did: every
+call was refused for having no endpoints). The images are the model's own decodings of prior
+draws (the model repository is all it needs), or with --data-dir the test images of the
+model's dataset; the latents are their posterior means, computed with the exported encoder;
+the noisy images add sigma 0.3.
+Score sends the images with SCORE_SAMPLES importance samples each; Interpolate runs from the
+first image to the second in ITEMS frames along the spherical path.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from training.errors import UsageError
 
 ITEMS = 8
 NOISE_SIGMA = 0.3
+SCORE_SAMPLES = 4
+"""Importance samples per image in score.bin: 32 scorer rows per call."""
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -43,6 +51,29 @@ def payload_images(folder: Path, data_dir: str | None) -> np.ndarray:
     return images
 
 
+def delimited(message: Message) -> bytes:
+    """The message behind its size as a base-128 varint: one message, however ghz reads it."""
+    body: bytes = message.SerializeToString()
+    size, prefix = len(body), bytearray()
+    while True:
+        low, size = size & 0x7F, size >> 7
+        prefix.append(low | (0x80 if size else 0))
+        if not size:
+            return bytes(prefix) + body
+
+
+def message_bytes(payload: bytes) -> bytes:
+    """The serialized message of a payload file: its size varint read and checked."""
+    size = shift = offset = 0
+    while payload[offset] & 0x80:
+        size |= (payload[offset] & 0x7F) << shift
+        shift, offset = shift + 7, offset + 1
+    size |= payload[offset] << shift
+    if offset + 1 + size != len(payload):
+        raise ValueError(f"a payload of {len(payload)} bytes says its message has {size}")
+    return payload[offset + 1 :]
+
+
 def write_payloads(repo: Path, model: str, out: Path, data_dir: str | None = None) -> list[Path]:
     folder = resolve_version(repo, model, 0)
     images = np.ascontiguousarray(payload_images(folder, data_dir))
@@ -54,10 +85,13 @@ def write_payloads(repo: Path, model: str, out: Path, data_dir: str | None = Non
         "encode.bin": vae_pb2.EncodeRequest(images=to_tensor(images)),
         "decode.bin": vae_pb2.DecodeRequest(latents=to_tensor(latents)),
         "denoise.bin": vae_pb2.DenoiseRequest(images=to_tensor(noisy)),
+        "score.bin": vae_pb2.ScoreRequest(images=to_tensor(images), samples=SCORE_SAMPLES, seed=7),
+        "interpolate.bin": vae_pb2.InterpolateRequest(
+            images=to_tensor(images[:2]), steps=ITEMS, path=vae_pb2.INTERPOLATION_PATH_SPHERICAL),
     }
     out.mkdir(parents=True, exist_ok=True)
     for name, message in messages.items():
-        (out / name).write_bytes(message.SerializeToString())
+        (out / name).write_bytes(delimited(message))
     return [out / name for name in messages]
 
 

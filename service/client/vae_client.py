@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -19,8 +20,8 @@ from numpy.lib.npyio import NpzFile
 
 from service.fronts.tensors import to_array, to_tensor
 from service.help_format import DefaultsHelpFormatter
-from service.pictures.figures import write_comparison
-from service.pictures.png import PngError, read_images, write_images
+from service.pictures.figures import labelled_row, stacked, write_comparison
+from service.pictures.png import PngError, read_images, write_images, write_png
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -48,6 +49,28 @@ def channel_credentials(ca_file: Path | None, cert_file: Path | None = None,
         root_certificates=ca_file.read_bytes(),
         private_key=None if key_file is None else key_file.read_bytes(),
         certificate_chain=None if cert_file is None else cert_file.read_bytes())
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Score's answer, per image in nats, with what repeats it: the samples, seed and version."""
+
+    neg_elbo: np.ndarray
+    """[N] reconstruction + kl: an upper bound on -log p(x)."""
+    reconstruction: np.ndarray
+    """[N] -log p(x | z), averaged over the samples."""
+    kl: np.ndarray
+    """[N] KL(q(z | x) || N(0, I)), in closed form."""
+    nll: np.ndarray
+    """[N] the importance-weighted bound on -log p(x): tighter than neg_elbo as samples grow."""
+    samples: int
+    seed: int
+    version: int
+
+    def bounds(self) -> dict[str, np.ndarray]:
+        """The four per-image arrays by name, in the order of the proto."""
+        return {"neg_elbo": self.neg_elbo, "reconstruction": self.reconstruction, "kl": self.kl,
+                "nll": self.nll}
 
 
 class VaeClient:
@@ -100,6 +123,30 @@ class VaeClient:
                               timeout=self.timeout_s)
         return to_array(r.images)
 
+    def score(self, images: np.ndarray, samples: int = 1, seed: int = 0) -> Scores:
+        """images [N, C, H, W] in [0, 1] -> per-image bounds with `samples` importance draws;
+        seed 0 lets the server pick and report one."""
+        r = self.stub.Score(vae_pb2.ScoreRequest(images=to_tensor(images), samples=samples,
+                                                 seed=seed), timeout=self.timeout_s)
+        return Scores(to_array(r.neg_elbo), to_array(r.reconstruction), to_array(r.kl),
+                      to_array(r.nll), int(r.samples), int(r.seed), int(r.version))
+
+    def interpolate(self, images: np.ndarray | None = None, latents: np.ndarray | None = None,
+                    steps: int = 8, spherical: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Two images [2, C, H, W] or two latents [2, latent] (exactly one) -> (images
+        [steps, C, H, W], latents [steps, latent]) along the path, both ends included."""
+        if (images is None) == (latents is None):
+            raise ValueError("interpolate takes two images or two latents: give exactly one")
+        path = (vae_pb2.INTERPOLATION_PATH_SPHERICAL if spherical
+                else vae_pb2.INTERPOLATION_PATH_LINEAR)
+        request = vae_pb2.InterpolateRequest(steps=steps, path=path)
+        if images is not None:
+            request.images.CopyFrom(to_tensor(images))
+        if latents is not None:
+            request.latents.CopyFrom(to_tensor(latents))
+        r = self.stub.Interpolate(request, timeout=self.timeout_s)
+        return to_array(r.images), to_array(r.latents)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -140,11 +187,18 @@ class FileFlag:
 
 
 IMAGE_FILES = (".png", ".npy")
+LATENT_FILES = (".npy", ".npz")
 IN_IMAGES = FileFlag("--in", "input", IMAGE_FILES, writes=False)
-IN_LATENTS = FileFlag("--in", "input", (".npy", ".npz"), writes=False)
+IN_LATENTS = FileFlag("--in", "input", LATENT_FILES, writes=False)
 OUT_IMAGES = FileFlag("--out", "out", IMAGE_FILES, writes=True)
 OUT_CODES = FileFlag("--out", "out", (".npz",), writes=True)
 OUT_COMPARISON = FileFlag("--compare", "compare", (".png",), writes=True)
+END_IMAGES = FileFlag("--images", "images", IMAGE_FILES, writes=False)
+END_LATENTS = FileFlag("--latents", "latents", LATENT_FILES, writes=False)
+OUT_SCORES = FileFlag("--out", "out", (".csv", ".json"), writes=True)
+OUT_EXTREMES = FileFlag("--picture", "picture", (".png",), writes=True)
+OUT_STRIP = FileFlag("--out", "out", (".png",), writes=True)
+OUT_FRAMES = FileFlag("--npz", "npz", (".npz",), writes=True)
 
 
 def check_files(args: argparse.Namespace) -> None:
@@ -193,40 +247,58 @@ def _read_array(path: Path, flag: str, member: str | None = None) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def _read_images(path: Path) -> np.ndarray:
+def _read_images(path: Path, flag: str) -> np.ndarray:
     """Images [N >= 1, C, H, W] from a PNG (a vae-client grid or one picture) or an .npy."""
     if path.suffix.lower() != ".png":
-        images = _read_array(path, "--in")
+        images = _read_array(path, flag)
     else:
         try:
             images = read_images(path)
         except OSError as err:
-            raise InputError(f"--in {path}: cannot read it ({err.strerror or err})") from err
+            raise InputError(f"{flag} {path}: cannot read it ({err.strerror or err})") from err
     if images.ndim != 4:
-        raise InputError(f"--in {path}: an array of shape {list(images.shape)}; images are "
+        raise InputError(f"{flag} {path}: an array of shape {list(images.shape)}; images are "
                          "[N, C, H, W]")
     if len(images) == 0:
-        raise InputError(f"--in {path}: holds no images")
+        raise InputError(f"{flag} {path}: holds no images")
     return images
 
 
-def _load_images(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
-    """Images from --in, checked against the model's image shape."""
-    array = _read_images(path)
-    if array.shape[1:] != tuple(image_shape):
-        raise InputError(f"--in {path}: images of shape {list(array.shape[1:])}; the model takes "
-                         f"{list(image_shape)} (C, H, W): give a PNG written by vae-client or "
-                         "one picture of that size")
-    return array
-
-
-def _load_latents(path: Path, latent_dim: int) -> np.ndarray:
-    """Latents [N, latent_dim] from an .npy, or the mean of the .npz that encode writes."""
-    latents = _read_array(path, "--in", "mean" if path.suffix.lower() == ".npz" else None)
-    if latents.ndim != 2 or latents.shape[1] != latent_dim:
-        raise InputError(f"--in {path}: latents of shape {list(latents.shape)}; the model takes "
-                         f"[N, {latent_dim}]")
+def _read_latents(path: Path, flag: str) -> np.ndarray:
+    """Latents [N >= 1, latent] from an .npy, or the mean of the .npz that encode writes."""
+    latents = _read_array(path, flag, "mean" if path.suffix.lower() == ".npz" else None)
+    if latents.ndim != 2 or len(latents) == 0:
+        raise InputError(f"{flag} {path}: latents of shape {list(latents.shape)}; latents are "
+                         "[N >= 1, latent_dim]")
     return latents
+
+
+def _fit_images(images: np.ndarray, info: vae_pb2.ModelInfo, path: Path, flag: str) -> np.ndarray:
+    """Images read from a file flag, checked against the served model's image shape."""
+    if images.shape[1:] != tuple(info.image_shape):
+        raise InputError(f"{flag} {path}: images of shape {list(images.shape[1:])}; the model "
+                         f"takes {list(info.image_shape)} (C, H, W): give a PNG written by "
+                         "vae-client or one picture of that size")
+    return images
+
+
+def _fit_latents(latents: np.ndarray, info: vae_pb2.ModelInfo, path: Path, flag: str
+                 ) -> np.ndarray:
+    """Latents read from a file flag, checked against the served model's latent size."""
+    if latents.shape[1] != info.latent_dim:
+        raise InputError(f"{flag} {path}: latents of shape {list(latents.shape)}; the model "
+                         f"takes [N, {info.latent_dim}]")
+    return latents
+
+
+def _load_images(client: VaeClient, path: Path, flag: str) -> np.ndarray:
+    """Images from a file flag: read (local errors first), then fitted to the model."""
+    return _fit_images(_read_images(path, flag), client.info(), path, flag)
+
+
+def _load_latents(client: VaeClient, path: Path, flag: str) -> np.ndarray:
+    """Latents from a file flag: read (local errors first), then fitted to the model."""
+    return _fit_latents(_read_latents(path, flag), client.info(), path, flag)
 
 
 def _save_images(path: Path, images: np.ndarray) -> None:
@@ -245,7 +317,9 @@ def _info(client: VaeClient, args: argparse.Namespace) -> None:
                       "arch": i.arch, "dataset": i.dataset,
                       "max_batch_size": i.batching.max_batch_size,
                       "max_queue_delay_us": i.batching.max_queue_delay_us,
-                      "max_sample_count": i.max_sample_count}, indent=2))
+                      "max_sample_count": i.max_sample_count,
+                      "max_score_samples": i.max_score_samples,
+                      "operations": list(i.operations)}, indent=2))
 
 
 def _sample(client: VaeClient, args: argparse.Namespace) -> None:
@@ -255,18 +329,18 @@ def _sample(client: VaeClient, args: argparse.Namespace) -> None:
 
 
 def _encode(client: VaeClient, args: argparse.Namespace) -> None:
-    mean, log_var = client.encode(_load_images(args.input, tuple(client.info().image_shape)))
+    mean, log_var = client.encode(_load_images(client, args.input, "--in"))
     with args.out.open("wb") as f:
         np.savez(f, mean=mean, log_var=log_var)
     print(f"wrote {args.out} (mean and log_var, shape {list(mean.shape)})")
 
 
 def _decode(client: VaeClient, args: argparse.Namespace) -> None:
-    _save_images(args.out, client.decode(_load_latents(args.input, client.info().latent_dim)))
+    _save_images(args.out, client.decode(_load_latents(client, args.input, "--in")))
 
 
 def _denoise(client: VaeClient, args: argparse.Namespace) -> None:
-    images = _load_images(args.input, tuple(client.info().image_shape))
+    images = _load_images(client, args.input, "--in")
     denoised = client.denoise(images)
     _save_images(args.out, denoised)
     if args.compare is not None:
@@ -276,13 +350,139 @@ def _denoise(client: VaeClient, args: argparse.Namespace) -> None:
         print(f"wrote {args.compare} (noisy and denoised side by side, labelled)")
 
 
+SUMMARY_PERCENTILES = {"median": 50.0, "p99": 99.0}
+"""The summary rows under the score table (and in its .json): over the images, per bound."""
+EXTREMES_CAPTION = "label = image number: nll in nats"
+
+
+def _short(value: float | np.floating[Any]) -> float:
+    """A float32 score as the shortest decimal that reads back as the same float32."""
+    return float(str(np.float32(value)))
+
+
+def _score_summary(scores: Scores) -> dict[str, dict[str, float]]:
+    return {label: {name: _short(np.percentile(values, q)) for name, values in scores.bounds().items()}
+            for label, q in SUMMARY_PERCENTILES.items()}
+
+
+def _score_table(scores: Scores) -> str:
+    """A row per image, then the summary rows, then what repeats the numbers."""
+    bounds = scores.bounds()
+    lines = [f"{'image':>6}" + "".join(f"{name:>16}" for name in bounds)]
+    lines += [f"{i:>6}" + "".join(f"{values[i]:>16.3f}" for values in bounds.values())
+              for i in range(len(scores.nll))]
+    lines += [f"{label:>6}" + "".join(f"{value:>16.3f}" for value in row.values())
+              for label, row in _score_summary(scores).items()]
+    lines.append(f"nats per image; samples {scores.samples}, seed {scores.seed}, "
+                 f"version {scores.version}")
+    return "\n".join(lines)
+
+
+def _write_scores(path: Path, scores: Scores) -> None:
+    """Every score: .csv a row per image; .json also with the summary and what repeats it."""
+    bounds, count = scores.bounds(), len(scores.nll)
+    if path.suffix.lower() == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", *bounds])
+            writer.writerows([i, *(_short(values[i]) for values in bounds.values())]
+                             for i in range(count))
+    else:
+        report = {"version": scores.version, "samples": scores.samples, "seed": scores.seed,
+                  "unit": "nats", **_score_summary(scores),
+                  "scores": [{"image": i, **{name: _short(values[i]) for name, values in
+                                             bounds.items()}} for i in range(count)]}
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path} ({count} images' scores)")
+
+
+def _extremes(images: np.ndarray, scores: Scores, show: int, caption: list[str]) -> np.ndarray:
+    """The `show` least likely images (highest nll) in a row above the `show` most likely."""
+    order = np.argsort(scores.nll, kind="stable")
+    rows = ((order[::-1][:show], [*caption, "highest nll: least likely"]),
+            (order[:show], ["lowest nll: most likely"]))
+    return stacked([labelled_row(images[chosen], [f"{i}: {scores.nll[i]:.1f}" for i in chosen], lines)
+                    for chosen, lines in rows])
+
+
+def _at_least(flag: str, value: int, low: int, meaning: str) -> None:
+    """A count flag's lower bound, checked before any call; the server checks the upper one."""
+    if value < low:
+        raise InputError(f"{flag} must be >= {low} ({meaning}), got {value}")
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**64:
+        raise InputError(f"--seed must be in 0..2**64-1 (0: the server picks one), got {seed}")
+
+
+def _score(client: VaeClient, args: argparse.Namespace) -> None:
+    _at_least("--samples", args.samples, 1, "1 = the ELBO alone")
+    _at_least("--show", args.show, 1, "images per row of --picture")
+    _check_seed(args.seed)
+    images = _load_images(client, args.images, "--images")
+    scores = client.score(images, args.samples, args.seed)
+    print(_score_table(scores))
+    if args.out is not None:
+        _write_scores(args.out, scores)
+    if args.picture is not None:
+        caption = [f"{client.info().name} v{scores.version}: {args.images.name}, samples "
+                   f"{scores.samples}, seed {scores.seed}", EXTREMES_CAPTION]
+        write_png(args.picture, _extremes(images, scores, args.show, caption))
+        print(f"wrote {args.picture} (the {min(args.show, len(images))} highest and lowest "
+              "nll images, labelled)")
+
+
+STRIP_FRAMES_PER_ROW = 16
+"""A long strip wraps: about 1,900 px wide at 112 px per frame."""
+
+
+def _strip(frames: np.ndarray, caption: list[str]) -> np.ndarray:
+    """The frames in rows, labelled a, t=..., b by their place on the path."""
+    t = np.linspace(0.0, 1.0, len(frames))
+    labels = ["a", *(f"t={v:.2f}" for v in t[1:-1]), "b"]
+    return stacked([labelled_row(frames[start : start + STRIP_FRAMES_PER_ROW],
+                                 labels[start : start + STRIP_FRAMES_PER_ROW],
+                                 caption if start == 0 else [])
+                    for start in range(0, len(frames), STRIP_FRAMES_PER_ROW)])
+
+
+def _pick_pair(items: np.ndarray, pair: list[int], path: Path, flag: str) -> np.ndarray:
+    """The two items --pair names, [2, ...]: the ends a and b of the path."""
+    if not all(0 <= i < len(items) for i in pair):
+        raise InputError(f"--pair {pair[0]} {pair[1]}: {flag} {path} holds {len(items)} "
+                         f"item(s), numbered 0..{len(items) - 1}; interpolate needs two")
+    return items[pair]
+
+
+def _interpolate(client: VaeClient, args: argparse.Namespace) -> None:
+    _at_least("--steps", args.steps, 2, "frames, both ends included")
+    from_images = args.images is not None
+    path, flag = (args.images, "--images") if from_images else (args.latents, "--latents")
+    ends = _pick_pair((_read_images if from_images else _read_latents)(path, flag), args.pair,
+                      path, flag)
+    info = client.info()
+    ends = (_fit_images if from_images else _fit_latents)(ends, info, path, flag)
+    frames, latents = client.interpolate(ends if from_images else None,
+                                         None if from_images else ends, args.steps,
+                                         spherical=args.path == "spherical")
+    caption = [f"{info.name} v{info.version}: {args.path} path, a = {args.pair[0]} and "
+               f"b = {args.pair[1]} of {path.name}"]
+    write_png(args.out, _strip(frames, caption))
+    print(f"wrote {args.out} ({len(frames)} frames from a to b, {args.path} path, labelled)")
+    if args.npz is not None:
+        with args.npz.open("wb") as f:
+            np.savez(f, images=frames, latents=latents)
+        print(f"wrote {args.npz} (images {list(frames.shape)} and latents {list(latents.shape)})")
+
+
 def _noise(args: argparse.Namespace) -> None:
     """Local: a noisy copy of images to try denoise on (Gaussian, clipped to [0, 1])."""
     if not (math.isfinite(args.sigma) and args.sigma >= 0):
         raise InputError(f"--sigma must be a finite number >= 0, got {args.sigma}")
     if args.count < 1:
         raise InputError(f"--count must be >= 1, got {args.count}")
-    chosen = _read_images(args.input)[: args.count]
+    chosen = _read_images(args.input, "--in")[: args.count]
     noise = args.sigma * np.random.default_rng(args.seed).standard_normal(chosen.shape)
     _save_images(args.out, np.clip(chosen + noise, 0, 1).astype(np.float32))
 
@@ -294,6 +494,23 @@ def _io_arguments(parser: argparse.ArgumentParser, what_in: str | None, out_defa
                             help=what_in)
     parser.add_argument("--out", type=Path, default=Path(out_default), metavar="PATH",
                         help=what_out)
+
+
+SCORE_DETAILS = """Prints a row per image, then the median and the 99th percentile of each column
+over the images, all in nats (natural-log units; lower = more likely under the model):
+  neg_elbo        reconstruction + kl: the negative ELBO, an upper bound on -log p(x)
+  reconstruction  -log p(x | z), averaged over the samples z ~ q(z | x)
+  kl              KL(q(z | x) || N(0, I)), in closed form
+  nll             the importance-weighted bound on -log p(x) from --samples draws (IWAE):
+                  the estimate to rank by; high = unlike the training data (an anomaly)
+The same images, --samples and --seed give the same numbers from the same model version;
+the seed used is printed. One call scores the whole file; the server caps images x samples
+per call and its error names the cap: split a file that asks for more."""
+INTERPOLATE_DETAILS = """The ends are two images of --images (their posterior means) or two codes of
+--latents, chosen by --pair; --steps frames from a to b, both ends included, are decoded in
+one batch. linear: a straight line; spherical: the great circle (slerp), whose frames keep
+the norm that codes drawn from the prior have. The strip labels the ends a and b and each
+frame between by its place t on the path (0 < t < 1)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,9 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEM private key of --tls-cert-file")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(name: str, summary: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES,
-                              formatter_class=HelpWithNotes)
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=f"{summary}\n\n{details}".strip(),
+                              epilog=EXIT_CODES, formatter_class=HelpWithNotes)
 
     command("info", "print the served model's shapes, version and provider").set_defaults(func=_info)
     s = command("sample", "draw images from the prior")
@@ -336,6 +553,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a labelled .png for people: each noisy image beside its "
                    "denoised one")
     n.set_defaults(func=_denoise, files=(IN_IMAGES, OUT_IMAGES, OUT_COMPARISON))
+    c = command("score", "images -> how unlikely each is under the model, in nats", SCORE_DETAILS)
+    c.add_argument("--images", type=Path, required=True, metavar="PATH",
+                   help="images: .png or .npy")
+    c.add_argument("--samples", type=int, default=1,
+                   help="importance samples per image, 1..the server's max_score_samples (see "
+                   "info); nll tightens as it grows")
+    c.add_argument("--seed", type=int, default=0, help="0: the server picks (and prints) one")
+    c.add_argument("--out", type=Path, metavar="PATH",
+                   help="also write the scores: .csv (a row per image) or .json (with the "
+                   "summary, samples, seed and version)")
+    c.add_argument("--picture", type=Path, metavar="PATH",
+                   help="also write a labelled .png for people: the least likely images (highest "
+                   "nll) above the most likely, each with its number and nll")
+    c.add_argument("--show", type=int, default=4, help="images in each row of --picture")
+    c.set_defaults(func=_score, files=(END_IMAGES, OUT_SCORES, OUT_EXTREMES))
+    i = command("interpolate", "two images or two codes -> frames decoded along the path "
+                "between them", INTERPOLATE_DETAILS)
+    ends = i.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--images", type=Path, metavar="PATH",
+                      help="images: .png or .npy; the path runs between two posterior means")
+    ends.add_argument("--latents", type=Path, metavar="PATH",
+                      help="latents: .npy float32 [N, latent_dim], or the .npz encode writes (its "
+                      "mean); the path runs between two of them")
+    i.add_argument("--pair", type=int, nargs=2, default=[0, 1], metavar=("A", "B"),
+                   help="the numbers of the two ends in the file (from 0)")
+    i.add_argument("--steps", type=int, default=8,
+                   help="frames, both ends included: 2..the server's max_sample_count (see info)")
+    i.add_argument("--path", choices=("linear", "spherical"), default="linear",
+                   help="linear: the straight line; spherical: the great circle (slerp)")
+    i.add_argument("--out", type=Path, default=Path("strip.png"), metavar="PATH",
+                   help="the frames as a labelled .png strip, a to b, 16 to a row")
+    i.add_argument("--npz", type=Path, metavar="PATH",
+                   help="also write the frames as .npz: arrays images [steps, C, H, W] and "
+                   "latents [steps, latent_dim]")
+    i.set_defaults(func=_interpolate, files=(END_IMAGES, END_LATENTS, OUT_STRIP, OUT_FRAMES))
     z = command("noise", "write a noisy copy of images (local, no server call)")
     _io_arguments(z, "images: .png or .npy (e.g. RUN/parity_images.npy)", "noisy.png",
                   "noisy images: .png grid or .npy")

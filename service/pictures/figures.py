@@ -1,5 +1,6 @@
 """Labelled comparison pictures: columns of images side by side (original / reconstruction,
-noisy / denoised / clean), each column named, groups set apart, and a caption.
+noisy / denoised / clean), each column named, groups set apart, and a caption; rows of
+individually labelled images (an interpolation strip, the extremes of a score) stacked.
 
 Drawn at display resolution with the bitmap font of service/pictures/font.py, so the client makes
 them with numpy alone; written as plain PNGs (no layout note: they are for people to read).
@@ -69,6 +70,19 @@ def comparison(columns: list[tuple[str, np.ndarray]], caption: list[str], groups
             tile = images[i].reshape(h, w).repeat(scale, axis=0).repeat(scale, axis=1)
             canvas[top : top + tile_h, left : left + tile_w] = np.clip(tile, 0.0, 1.0)
     return canvas
+
+
+def labelled_row(images: np.ndarray, labels: list[str], caption: list[str]) -> np.ndarray:
+    """Images [N, C, H, W] side by side, each headed by its own label (a strip, extremes)."""
+    return comparison([(label, images[i : i + 1]) for i, label in enumerate(labels)], caption,
+                      groups_per_row=1)
+
+
+def stacked(pictures: list[np.ndarray]) -> np.ndarray:
+    """Pictures one below another, left-aligned on paper: the sections of one figure."""
+    width = max(picture.shape[1] for picture in pictures)
+    return np.vstack([np.pad(picture, ((0, 0), (0, width - picture.shape[1])),
+                             constant_values=PAPER) for picture in pictures])
 
 
 def write_comparison(path: Path, columns: list[tuple[str, np.ndarray]], caption: list[str],

@@ -74,7 +74,7 @@ def _ghz_section() -> str:
 
 def test_there_is_a_config_per_rpc() -> None:
     assert {json.loads(c.read_text())["call"].rsplit(".", 1)[1] for c in CONFIGS} == {
-        "Encode", "Decode", "Sample", "Denoise"}
+        "Encode", "Decode", "Sample", "Denoise", "Score", "Interpolate"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
@@ -132,14 +132,15 @@ async def test_ghz_runs_the_config_with_every_call_ok(
 
 
 def _send_all(port: int, payloads: Path) -> list[int]:
-    counts = []
+    counts, maker = [], _load_maker()
     with VaeClient(f"127.0.0.1:{port}") as client:
         for config in CONFIGS:
             c = json.loads(config.read_text())
             method = SERVICE.methods_by_name[c["call"].rpartition(".")[2]]
             request_type = getattr(vae_pb2, method.input_type.name)
             if "binary-file" in c:
-                request = request_type.FromString((payloads / Path(c["binary-file"]).name).read_bytes())
+                payload = (payloads / Path(c["binary-file"]).name).read_bytes()
+                request = request_type.FromString(maker.message_bytes(payload))
             else:
                 request = request_type(**c["data"])
             response = getattr(client.stub, method.name)(request, timeout=10)
@@ -150,7 +151,17 @@ def _send_all(port: int, payloads: Path) -> list[int]:
 async def test_payloads_from_real_images_pass_through_the_real_server(
         project: Path, server: RunningServer) -> None:
     counts = await asyncio.to_thread(_send_all, server.port, project / "deploy" / "ghz" / "payloads")
-    assert counts == [8, 8, 8, 8]
+    assert counts == [8] * len(CONFIGS)  # 8 images, latents, draws, scores or frames each
+
+
+def test_a_payload_is_one_length_delimited_message() -> None:
+    """ghz reads a bare message as delimited ones when its bytes allow; a prefixed one never."""
+    maker = _load_maker()
+    for count in (1, 127, 128, 300, 20_000):  # one- to three-byte varints
+        message = vae_pb2.DecodeRequest(latents=vae_pb2.Tensor(shape=[count], data=bytes(4 * count)))
+        blob, body = maker.delimited(message), message.SerializeToString()
+        assert vae_pb2.DecodeRequest.FromString(maker.message_bytes(blob)) == message
+        assert len(blob) - len(body) == -(-len(body).bit_length() // 7)  # the varint's bytes
 
 
 def _readme_grpcurl_scripts() -> list[str]:

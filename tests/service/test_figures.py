@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from service.pictures.figures import GROUP_GAP, MARGIN, TEXT_SCALE, comparison
+from service.pictures.figures import GROUP_GAP, MARGIN, PAPER, TEXT_SCALE, comparison, labelled_row, stacked
 from service.pictures.font import GLYPH_HEIGHT, render, text_width
 from training.noise import Noise
 from training.pictures import denoising_caption
@@ -27,6 +27,20 @@ def test_groups_are_set_apart_and_columns_labelled() -> None:
     assert (picture[MARGIN : MARGIN + label_h] == 0).any()  # the caption
     headers = picture[2 * MARGIN + label_h + MARGIN :][:label_h]
     assert (headers == 0).any(axis=0).sum() > 6 * 20  # six labels' worth of ink
+
+
+def test_a_labelled_row_heads_each_image_with_its_own_label() -> None:
+    black = np.zeros((3, 1, 8, 8), np.float32)
+    row = labelled_row(black, ["a", "t=0.50", "b"], [])
+    tiles = row[-MARGIN - 1] == 0  # a row through the images; True = ink
+    assert tiles.sum() == 3 * 112 and (row[MARGIN : MARGIN + GLYPH_HEIGHT * TEXT_SCALE] == 0).any()
+
+
+def test_stacked_sections_keep_their_pixels_left_aligned_on_paper() -> None:
+    wide, narrow = np.zeros((5, 30), np.float32), np.zeros((4, 10), np.float32)
+    picture = stacked([wide, narrow])
+    assert picture.shape == (9, 30) and not picture[:5].any() and not picture[5:, :10].any()
+    assert (picture[5:, 10:] == PAPER).all()
 
 
 def test_a_model_not_trained_to_denoise_says_so() -> None:

@@ -94,6 +94,32 @@ async def test_infer_equals_vae_v1_byte_for_byte(triton_run: TritonRun) -> None:
     assert out["sampled"].tobytes() == to_array(sampled.images).tobytes()
 
 
+def test_score_and_interpolate_metadata_name_their_tensors(triton_run: TritonRun) -> None:
+    score, line = (triton_run.results["metadata"][f"vae.{op}"] for op in ("score", "interpolate"))
+    assert [(i["name"], i["datatype"], i["shape"]) for i in score["inputs"]] == [
+        ("x", "FP32", ["-1", "1", "8", "8"]), ("samples", "INT64", ["1"]), ("seed", "UINT64", ["1"])]
+    assert [o["name"] for o in score["outputs"]] == ["neg_elbo", "reconstruction", "kl", "nll", "seed"]
+    assert [(i["name"], i["shape"]) for i in line["inputs"]] == [
+        ("x", ["2", "1", "8", "8"]), ("z", ["2", "8"]), ("steps", ["1"]), ("spherical", ["1"])]
+    assert [(o["name"], o["shape"]) for o in line["outputs"]] == [
+        ("x_hat", ["-1", "1", "8", "8"]), ("z", ["-1", "8"])]
+
+
+async def test_score_and_interpolate_equal_vae_v1_byte_for_byte(triton_run: TritonRun) -> None:
+    stub, x, z = await _v1(triton_run), triton_run.inputs["x"], triton_run.inputs["z"]
+    out = triton_run.outputs
+    scored = await stub.Score(vae_pb2.ScoreRequest(images=to_tensor(x), samples=4, seed=5))
+    for name in ("neg_elbo", "reconstruction", "kl", "nll"):
+        assert out[f"score_{name}"].tobytes() == to_array(getattr(scored, name)).tobytes()
+    assert out["score_seed"].tolist() == [scored.seed] == [5]
+    for key, request in (("interpolated_x", vae_pb2.InterpolateRequest(
+            images=to_tensor(x[:2]), steps=5)), ("interpolated_z", vae_pb2.InterpolateRequest(
+            latents=to_tensor(z[:2]), steps=4, path=vae_pb2.INTERPOLATION_PATH_SPHERICAL))):
+        line = await stub.Interpolate(request)
+        assert out[key].tobytes() == to_array(line.images).tobytes()
+        assert out[f"{key}_z"].tobytes() == to_array(line.latents).tobytes()
+
+
 async def test_64_concurrent_async_infer_equal_single_calls(triton_run: TritonRun) -> None:
     stub, zs = await _v1(triton_run), triton_run.inputs["zs"]
     alone = await stub.Decode(vae_pb2.DecodeRequest(latents=to_tensor(zs)))
@@ -119,6 +145,12 @@ def test_response_echoes_id_names_version_and_honours_the_output_subset(triton_r
     ("load_newest", "OK", ""),
     ("load_without_header", "UNAUTHENTICATED", "send the metadata header 'x-vae-admin'"),
     ("statistics", "UNIMPLEMENTED", "does not implement ModelStatistics"),
+    ("score_samples", "INVALID_ARGUMENT", "samples: 1000000 is out of range"),
+    ("score_shape", "INVALID_ARGUMENT", "x: shape [3, 1, 4, 8] does not match [N, 1, 8, 8]"),
+    ("interpolate_steps", "INVALID_ARGUMENT", "steps: 1 is out of range"),
+    ("interpolate_both_ends", "INVALID_ARGUMENT", "send exactly one of x or z; got x, z"),
+    ("interpolate_no_end", "INVALID_ARGUMENT", "send exactly one of x or z; got none"),
+    ("interpolate_three_codes", "INVALID_ARGUMENT", "z: 3 items; interpolate takes exactly 2"),
 ])
 def test_errors_have_codes_and_messages(triton_run: TritonRun, case: str, code: str,
                                         message: str) -> None:

@@ -20,6 +20,9 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
+OPERATIONS = ("encoder", "decoder", "sample", "denoise", "score", "interpolate")
+"""Every v2 model the server offers for one repository model."""
+
 
 def _input(name: str, array: np.ndarray, datatype: str = "FP32") -> triton.InferInput:
     tensor = triton.InferInput(name, list(array.shape), datatype)
@@ -38,7 +41,7 @@ def _error(call: Any) -> list[str]:
 def _basics(client: triton.InferenceServerClient, model: str, results: dict[str, Any]) -> None:
     results["live"], results["ready"] = client.is_server_live(), client.is_server_ready()
     results["server"] = client.get_server_metadata(as_json=True)
-    names = [f"{model}.{op}" for op in ("encoder", "decoder", "sample", "denoise")]
+    names = [f"{model}.{op}" for op in OPERATIONS]
     results["model_ready"] = {n: client.is_model_ready(n) for n in names}
     results["metadata"] = {n: client.get_model_metadata(n, as_json=True) for n in names}
     results["config"] = {n: client.get_model_config(n, as_json=True)["config"] for n in names}
@@ -61,6 +64,25 @@ def _infer(client: triton.InferenceServerClient, model: str, x: np.ndarray, z: n
     results["subset_outputs"] = [o["name"] for o in only_mean.get_response(as_json=True)["outputs"]]
 
 
+def _scalar(name: str, value: int | bool, datatype: str) -> triton.InferInput:
+    dtype = {"INT64": np.int64, "UINT64": np.uint64, "BOOL": np.bool_}[datatype]
+    return _input(name, np.array([value], dtype), datatype)
+
+
+def _score_and_interpolate(client: triton.InferenceServerClient, model: str, x: np.ndarray,
+                           z: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    """vae.score (4 samples, seed 5) of x; vae.interpolate from x[:2] (linear) and z[:2] (slerp)."""
+    score = client.infer(f"{model}.score", [_input("x", x), _scalar("samples", 4, "INT64"),
+                                            _scalar("seed", 5, "UINT64")])
+    for name in ("neg_elbo", "reconstruction", "kl", "nll", "seed"):
+        outputs[f"score_{name}"] = score.as_numpy(name)
+    from_x = client.infer(f"{model}.interpolate", [_input("x", x[:2]), _scalar("steps", 5, "INT64")])
+    outputs["interpolated_x"], outputs["interpolated_x_z"] = from_x.as_numpy("x_hat"), from_x.as_numpy("z")
+    from_z = client.infer(f"{model}.interpolate", [
+        _input("z", z[:2]), _scalar("steps", 4, "INT64"), _scalar("spherical", True, "BOOL")])
+    outputs["interpolated_z"], outputs["interpolated_z_z"] = from_z.as_numpy("x_hat"), from_z.as_numpy("z")
+
+
 async def _concurrent(port: int, model: str, zs: np.ndarray) -> np.ndarray:
     async with triton_aio.InferenceServerClient(f"127.0.0.1:{port}") as client:
         answers = await asyncio.gather(*(
@@ -72,8 +94,10 @@ ADMIN = {"x-vae-admin": "s3cret"}
 """The repository-control header the test server is started with (tests/service/test_v2.py)."""
 
 
-def _errors(client: triton.InferenceServerClient, model: str, x: np.ndarray) -> dict[str, list[str]]:
-    encoder = f"{model}.encoder"
+def _errors(client: triton.InferenceServerClient, model: str, x: np.ndarray,
+            z: np.ndarray) -> dict[str, list[str]]:
+    encoder, score, interpolate = f"{model}.encoder", f"{model}.score", f"{model}.interpolate"
+    steps = _scalar("steps", 5, "INT64")
     return {
         "unknown_model": _error(lambda: client.infer("nope", [_input("x", x)])),
         "unknown_version": _error(lambda: client.infer(encoder, [_input("x", x)], model_version="99")),
@@ -88,6 +112,16 @@ def _errors(client: triton.InferenceServerClient, model: str, x: np.ndarray) -> 
         "load_newest": _error(lambda: client.load_model(model, headers=ADMIN)),
         "load_without_header": _error(lambda: client.load_model(model)),
         "statistics": _error(lambda: client.get_inference_statistics(encoder)),
+        "score_samples": _error(lambda: client.infer(score, [
+            _input("x", x), _scalar("samples", 10**6, "INT64")])),
+        "score_shape": _error(lambda: client.infer(score, [_input("x", x[:, :, :4])])),
+        "interpolate_steps": _error(lambda: client.infer(interpolate, [
+            _input("z", z[:2]), _scalar("steps", 1, "INT64")])),
+        "interpolate_both_ends": _error(lambda: client.infer(interpolate, [
+            _input("x", x[:2]), _input("z", z[:2]), steps])),
+        "interpolate_no_end": _error(lambda: client.infer(interpolate, [steps])),
+        "interpolate_three_codes": _error(lambda: client.infer(interpolate, [
+            _input("z", z[:3]), steps])),
     }
 
 
@@ -98,7 +132,8 @@ def main(port: int, model: str, inputs: Path, out: Path) -> None:
     with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
         _basics(client, model, results)
         _infer(client, model, data["x"], data["z"], outputs, results)
-        results["errors"] = _errors(client, model, data["x"])
+        _score_and_interpolate(client, model, data["x"], data["z"], outputs)
+        results["errors"] = _errors(client, model, data["x"], data["z"])
     outputs["concurrent"] = asyncio.run(_concurrent(port, model, data["zs"]))
     (out / "results.json").write_text(json.dumps(results, default=str))
     np.savez(out / "outputs.npz", allow_pickle=False, **outputs)
