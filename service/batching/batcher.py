@@ -33,10 +33,6 @@ LONE_INLINE_BELOW_S = 0.001
 threshold, if higher) runs on the loop: the hand-off would cost it about 0.1 ms with nothing
 to overlap, and a call of the other graph arriving meanwhile waits about this long at most
 (conv decoder at concurrency 1: p50 -0.15 ms, docs/benchmarks.md)."""
-LULL_S = 0.0002
-"""A graph that ran within this long is between two requests of a burst, not idle: under
-load the next request arrives within microseconds of the last batch's end, at low load
-after a client's whole round trip (0.3 ms and more on loopback)."""
 
 
 class BatchObserver(Protocol):
@@ -90,7 +86,6 @@ class DynamicBatcher:
         self._inline_below_s = inline_below_us / 1e6
         self._lone_inline_below_s = (max(self._inline_below_s, LONE_INLINE_BELOW_S)
                                      if inline_below_us else 0.0)
-        self._last_run_end_s = 0.0
         self._compute_s: dict[int, float] = {}
         """Recent ONNX Runtime seconds per batch-size class (rows.bit_length()), smoothed."""
         self._run_batch = run_batch
@@ -121,7 +116,7 @@ class DynamicBatcher:
         if self._queued_rows + rows > self.max_queue_rows:
             raise QueueFull(f"{self.name} queue full ({self._queued_rows} of "
                             f"{self.max_queue_rows} rows waiting); retry with backoff")
-        if (self._idle() and rows <= self.max_batch_size
+        if (self._idle(context) and rows <= self.max_batch_size
                 and self._runs_inline(rows, self._lone_inline_below_s)):
             return self._run_now(batch, context)
         loop = asyncio.get_running_loop()
@@ -211,10 +206,15 @@ class DynamicBatcher:
         except (Exception, asyncio.CancelledError) as err:  # the graph failed: fail the batch
             self._fail(batch, err)
 
-    def _idle(self) -> bool:
-        """Nothing queued, running or just finished, and no delay: a request is a batch alone."""
-        return (not self._queue and not self._running and self._delay_s == 0
-                and time.monotonic() - self._last_run_end_s > LULL_S)
+    def _idle(self, context: RequestContext) -> bool:
+        """No other call in flight, nothing queued or running, no delay: a batch alone.
+
+        Other calls in flight are company that may join a batch: under load a request
+        that ran alone on the loop would keep every other call waiting for it, and the
+        next one would find the graph idle again, so no batch would ever form.
+        """
+        return (context.company == 0 and not self._queue and not self._running
+                and self._delay_s == 0)
 
     def _run_now(self, inputs: np.ndarray, context: RequestContext) -> list[np.ndarray]:
         """Run a lone cheap request on the loop at once, skipping the queue.
@@ -237,7 +237,6 @@ class DynamicBatcher:
 
     def _record(self, rows: int, seconds: float) -> None:
         """Smooth the compute time of this size class (for _runs_inline) and report it."""
-        self._last_run_end_s = time.monotonic()
         recent = self._compute_s.get(rows.bit_length(), seconds)
         self._compute_s[rows.bit_length()] = 0.8 * recent + 0.2 * seconds
         self._observer.executed(rows, seconds)

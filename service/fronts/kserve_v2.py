@@ -15,7 +15,7 @@ import grpc
 
 from service.context import RequestContext
 from service.errors import FailedPrecondition, NotFound, Unauthenticated, Unimplemented
-from service.fronts.status import TRACE_ID_CHARS, CallGate, Counted, deadline_s, rpc, trace_id
+from service.fronts.status import CallGate, Counted, deadline_s, rpc
 from service.fronts.v2_wire import (
     V2Model,
     decode_inputs,
@@ -121,9 +121,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         want = parse_version(request.model_version)
         outputs = select_outputs(model, request.outputs)
         arrays = decode_inputs(model, request.inputs, request.raw_input_contents)
-        trace = trace_id(context) or request.id[:TRACE_ID_CHARS]
-        answer = await self.plane.run(model.operation, arrays,
-                                      RequestContext(deadline_s(context), want, trace))
+        answer = await self.plane.run(model.operation, arrays, RequestContext(
+            deadline_s(context), want, company=self.gate.calls - 1,
+            metadata=context.invocation_metadata, request_id=request.id))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(answer.version),
                                          id=request.id)
         for spec in outputs:

@@ -250,21 +250,6 @@ def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
     return remaining is not None and remaining <= 0
 
 
-TRACE_ID_CHARS = 64
-"""A trace id longer than this is cut: it goes into log lines."""
-
-
-def trace_id(context: grpc.aio.ServicerContext) -> str:
-    """The trace id of a W3C `traceparent` header (00-TRACE-SPAN-FLAGS), else `x-request-id`."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "traceparent" and isinstance(value, str):
-            parts = value.split("-")
-            return parts[1][:TRACE_ID_CHARS] if len(parts) == 4 else ""
-        if key == "x-request-id" and isinstance(value, str):
-            return value[:TRACE_ID_CHARS]
-    return ""
-
-
 def deadline_s(context: grpc.aio.ServicerContext) -> float | None:
     """The client's deadline on the time.monotonic() clock, or None."""
     remaining = context.time_remaining()

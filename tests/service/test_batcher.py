@@ -188,9 +188,7 @@ def lone_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("lone_on_the_loop")
-async def test_a_lone_request_runs_at_once_with_deadline_and_failure_kept(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batcher_module, "LULL_S", 0.0)  # every request here comes alone
+async def test_a_lone_request_runs_at_once_with_deadline_and_failure_kept() -> None:
     graph = ThreadRecorder(seconds=0.002)  # through the queue it would run in the pool
     batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000)
     await batcher.submit(rows(2))  # measured in the pool
@@ -206,15 +204,12 @@ async def test_a_lone_request_runs_at_once_with_deadline_and_failure_kept(
 
 
 @pytest.mark.usefixtures("lone_on_the_loop")
-async def test_a_lone_request_runs_on_the_loop_but_one_right_after_a_batch_queues(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batcher_module, "LULL_S", 0.05)
+async def test_a_lone_request_runs_on_the_loop_but_one_with_company_queues() -> None:
     graph = ThreadRecorder(seconds=0.002)
     batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000)
     await batcher.submit(rows(1))  # measured in the pool
-    await asyncio.sleep(0.1)  # a lull: the graph is idle
     await batcher.submit(rows(1))  # alone: on the loop
-    await batcher.submit(rows(1))  # right after a run, as under load: through the queue
+    await batcher.submit(rows(1), RequestContext(company=3))  # others in flight: queued
     loop_thread = threading.current_thread().name
     assert graph.threads[0].startswith("ort-g") and graph.threads[1] == loop_thread
     assert graph.threads[2].startswith("ort-g")
