@@ -191,7 +191,7 @@ assert names, "no vae_* series on /metrics"
 print("metrics:", ", ".join(names))
 EOF
 
-# ---- Sample call through the project's client (service/client/vae_client.py, console script vae-client).
+# ---- Sample call through the project's client (service/client/, console script vae-client).
 if [ -x "$ROOT/.venv/bin/vae-client" ]; then
   "$ROOT/.venv/bin/vae-client" --target "127.0.0.1:$PORT" sample --count 4 --seed 7 --out /tmp/smoke.png
   echo "sample: /tmp/smoke.png"

@@ -56,7 +56,7 @@ def test_client_runs_without_the_server_packages(tmp_path: Path) -> None:
         f"class Block:\n    def find_spec(self, name, path=None, target=None):\n"
         f"        if name.split('.')[0] in {SERVER_ONLY!r}: raise ImportError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "from service.client.vae_client import main\n"
+        "from service.client.cli import main\n"
         "sys.exit(main(['noise', '--in', sys.argv[1], '--out', sys.argv[2]]))\n"
     )
     import numpy as np

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.client.vae_client import main
+from service.client.cli import main
 from service.pictures.png import read_images, read_png, write_png
 from service.transport.server import RunningServer
 

@@ -11,7 +11,8 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from service.client.vae_client import VaeClient, main
+from service.client.cli import main
+from service.client.vae_client import VaeClient
 from service.pictures.png import display_scale, read_png, write_png
 from service.transport.server import RunningServer
 from tests.service.test_client_cli import cli

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from service.cli import main as serve_main
-from service.client import vae_client as client_cli
+from service.client import cli as client_cli
 from service.client.vae_client import RETRY_POLICY, VaeClient
 from service.config import ConfigError, ServerConfig
 from service.inference import grpc_service_pb2, grpc_service_pb2_grpc
