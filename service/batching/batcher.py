@@ -185,7 +185,8 @@ class DynamicBatcher:
                 self._free_instances.release()
                 continue
             inputs = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
-            if not self._runs_inline(len(inputs), self._inline_below_s):
+            if ((len(inputs) < self.max_batch_size and self._crowded(batch))
+                    or not self._runs_inline(len(inputs), self._inline_below_s)):
                 running = loop.run_in_executor(self._executor, self._timed, inputs)
                 self._running.add(running)
                 running.add_done_callback(functools.partial(self._finished, batch))
@@ -205,6 +206,13 @@ class DynamicBatcher:
             self._deliver(batch, *running.result())
         except (Exception, asyncio.CancelledError) as err:  # the graph failed: fail the batch
             self._fail(batch, err)
+
+    @staticmethod
+    def _crowded(batch: list[_Pending]) -> bool:
+        """More calls were in flight than this batch holds: a batch with room left runs in the
+        pool, so theirs queue and form the next batch meanwhile, rather than wait on the loop
+        for it (on the loop no batch ever forms: each call finds the graph idle again)."""
+        return max(pending.context.company for pending in batch) >= len(batch)
 
     def _idle(self, context: RequestContext) -> bool:
         """No other call in flight, nothing queued or running, no delay: a batch alone.

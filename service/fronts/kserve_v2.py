@@ -122,7 +122,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         outputs = select_outputs(model, request.outputs)
         arrays = decode_inputs(model, request.inputs, request.raw_input_contents)
         answer = await self.plane.run(model.operation, arrays, RequestContext(
-            deadline_s(context), want, company=self.gate.calls - 1,
+            deadline_s(context), want, company=self.gate.arrived - 1,
             metadata=context.invocation_metadata, request_id=request.id))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(answer.version),
                                          id=request.id)

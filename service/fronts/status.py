@@ -72,15 +72,20 @@ class _NoMessage:
 NO_MESSAGE = _NoMessage()
 
 
-def _one_message(handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[bytes]]
+def _one_message(handler: Callable[[Any, grpc.aio.ServicerContext], Awaitable[bytes]],
+                 gate: CallGate
                  ) -> Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], Awaitable[bytes]]:
     """A unary method served as client-streaming: grpc's unary path ends a call whose message
     it refused as too large before any code of ours runs, uncounted; read here, that call comes
     as NO_MESSAGE and is counted. Server CPU per call is grpc's unary handler's, within noise
     (docs/benchmarks.md, "Unary methods served as client-streaming")."""
     async def receive(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> bytes:
-        request = await context.read()
-        return await handler(NO_MESSAGE if request is grpc.aio.EOF else request, context)
+        gate.arrived += 1
+        try:
+            request = await context.read()
+            return await handler(NO_MESSAGE if request is grpc.aio.EOF else request, context)
+        finally:
+            gate.arrived -= 1
     return receive
 
 
@@ -89,7 +94,7 @@ def _serialized(data: bytes) -> bytes:
     return data
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+def add_service(server: grpc.aio.Server, servicer: Servicer, service: ServiceDescriptor) -> None:
     """Register every method of `service` on `servicer`, parsing bodies with _tolerant_parser."""
     handlers = {}
     for method in service.methods:
@@ -101,7 +106,8 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
                 response_serializer=_serialized)
         else:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _one_message(getattr(servicer, method.name)), request_deserializer=parse,
+                _one_message(getattr(servicer, method.name), servicer.gate),
+                request_deserializer=parse,
                 response_serializer=_serialized)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
                                                                           handlers),))
@@ -128,6 +134,9 @@ class CallGate:
         self.max_message_bytes = max_message_bytes
         """grpc's max_send_message_length: a larger answer is refused here, counted."""
         self.calls = 0
+        self.arrived = 0
+        """Calls whose handler has started, admitted or still reading their message: the
+        company a request may be batched with."""
         self.inflight = metrics.inflight
         self._metrics = metrics
         self._children: dict[tuple[Any, ...], Any] = {}

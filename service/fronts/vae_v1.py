@@ -34,7 +34,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self.gate = gate
 
     def _context(self, context: Context, names: Mapping[str, str]) -> RequestContext:
-        return RequestContext(deadline_s(context), 0, names, self.gate.calls - 1,
+        return RequestContext(deadline_s(context), 0, names, self.gate.arrived - 1,
                               context.invocation_metadata)
 
     @rpc("Encode", items=lambda r: r.mean.shape[0])

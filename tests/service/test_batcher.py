@@ -227,3 +227,15 @@ async def test_beside_a_running_batch_only_a_full_one_starts() -> None:
     await asyncio.gather(first, second, third)
     assert graph.batches == [1, 2]
     await batcher.close()
+
+
+@pytest.mark.usefixtures("lone_on_the_loop")
+async def test_a_batch_with_room_and_company_runs_in_the_pool_so_the_next_one_forms() -> None:
+    graph = ThreadRecorder(seconds=0.002)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000_000)
+    await batcher.submit(rows(1))  # measured: from now on cheap enough for the loop
+    crowd = RequestContext(company=7)
+    await asyncio.gather(*(batcher.submit(rows(1), crowd) for _ in range(8)))
+    assert all(name.startswith("ort-g") for name in graph.threads[1:])  # not on the loop
+    assert len(graph.batches) < 9  # and the calls that waited were batched together
+    await batcher.close()
