@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import grpc
@@ -23,6 +22,7 @@ import numpy as np
 from scipy.stats import rankdata
 from tqdm import tqdm
 
+from bench.report import command_line, publish
 from bench.serve_bench import vae_server
 from service.fronts.tensors import to_array, to_tensor
 from service.help_format import DefaultsHelpFormatter
@@ -96,14 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(args.repo, args.data_dir, pair, args.images, args.samples)
             for pair in args.pair]
     k = args.samples
-    command = "python -m bench.anomaly_auroc " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("bench.anomaly_auroc", argv)
     text = "\n".join([
         f"`{command.strip()}`", "",
         f"| model | in | out | AUROC -ELBO | median -ELBO in / out (nats) | AUROC IWAE k={k} | "
         f"median IWAE in / out (nats) |", "|---|---|---|---:|---:|---:|---:|", *rows]) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    publish(args.out, text)
     return 0
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.fronts_bench import process_cpu_s
+from bench.report import command_line, publish
 from bench.serve_bench import Server, free_port, run_load
 from service.help_format import DefaultsHelpFormatter
 
@@ -100,11 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                                 str(tree)], check=False, capture_output=True)
-    command = "python -m bench.code_ab " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("bench.code_ab", argv)
     text = "\n".join([f"`{command.strip()}`", "", *table(runs, names)]) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    publish(args.out, text)
     return 0
 
 

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from bench.raw_runtime import items_per_s, session_run
+from bench.report import publish
 from export.onnx_export import export_graphs
 from service.help_format import DefaultsHelpFormatter
 from training.model import ModelConfig, build_model
@@ -95,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join([f"Command: `{command}`", "",
                       f"Raw ONNX Runtime items/s (CPU, default threads), one run, best of "
                       f"{args.rounds} rounds:", "", *measure(args.seconds, args.rounds)]) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    publish(args.out, text)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ import grpc
 import numpy as np
 
 from bench.fronts_bench import process_cpu_s
+from bench.report import command_line, publish
 from bench.serve_bench import vae_server
 from service.fronts.tensors import to_array, to_tensor
 from service.help_format import DefaultsHelpFormatter
@@ -170,11 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/out/score.md"))
     args = p.parse_args(argv)
     lines = run(args.repo, args.model, args.seconds, args.rounds, args.images, args.samples)
-    command = "python -m bench.score_bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("bench.score_bench", argv)
     text = "\n".join([f"`{command.strip()}`", "", *lines]) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    publish(args.out, text)
     return 0
 
 

@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from bench.raw_runtime import items_per_s, session_run
+from bench.report import command_line, publish
 from service.help_format import DefaultsHelpFormatter
 from service.plane.repository import read_manifest, resolve_version
 
@@ -274,11 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/out/serving.md"))
     args = p.parse_args(argv)
     rows, raw = run(args.repo, args.model, args.seconds)
-    command = "python -m bench.serve_bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("bench.serve_bench", argv)
     text = report(rows, raw, command.strip(), args.model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+    publish(args.out, text)
     return 0
 
 
