@@ -5,6 +5,9 @@ python -m bench.pinned_bench --repo models --model mnist --rounds 2 --seconds 4
 Every server runs under `taskset -c 0` (its whole process tree: Triton's Python-backend stub
 and KServe's workers are children that inherit the mask) and bench/load.py under
 `taskset -c 1`, over one connection, so each server gets one core whatever the machine has.
+vae-serve and the KServe peer get one ONNX Runtime intra-op thread (Triton's peer has one
+already): ORT's default pool pins a thread to every physical core, out of taskset's mask, and
+a run stops if any thread of a server's tree may run off core 0.
 Servers: vae-serve (vae.v1), KServe ModelServer and Triton's Python backend (KServe v2, from
 the venvs that bench/kserve_venv.sh and bench/triton_venv.sh make) and the bare grpc.aio
 server (the ceiling of grpc.aio and protobuf alone). Points: 1-row Decode at concurrency 1, 8
@@ -81,8 +84,8 @@ Results = dict[tuple[str, Point], list[dict[str, float]]]
 """(server, point) -> one load result per round, with "cpu_us" (server CPU per answer) added."""
 
 
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) of process `root` and all its descendants, from /proc.
+def process_tree(root: int) -> dict[int, int]:
+    """Process `root` and all its descendants, from /proc: pid -> CPU clock ticks so far.
 
     Each process counts its live threads and its reaped children (cutime, cstime), so a
     child that exits between two readings moves into its parent's total, not out of it."""
@@ -99,12 +102,30 @@ def tree_cpu_s(root: int) -> float:
         pid = int(entry)
         children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: ppid
         times[pid] = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    ticks, todo, total = os.sysconf("SC_CLK_TCK"), [root], 0
+    tree, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += times.get(pid, 0)
+        tree[pid] = times.get(pid, 0)
         todo += children.get(pid, [])
-    return total / ticks
+    return tree
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) of process `root` and all its descendants."""
+    return sum(process_tree(root).values()) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cores(root: int) -> set[int]:
+    """The cores any thread of the tree may run on: taskset's mask, unless a thread reset it
+    (ONNX Runtime pins the threads of its default-sized pool, one per physical core)."""
+    cores: set[int] = set()
+    for pid in process_tree(root):
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                cores |= os.sched_getaffinity(int(tid))
+        except OSError:  # it exited while we looked
+            continue
+    return cores
 
 
 def measure(server: Server, peer: Peer, point: Point, seconds: float) -> dict[str, float]:
@@ -113,6 +134,10 @@ def measure(server: Server, peer: Peer, point: Point, seconds: float) -> dict[st
     result = run_load(server.port, "Decode", point.items, point.concurrency, seconds,
                       "--connections", "1", *peer.load_flags, cores=str(LOAD_CORE))
     spent = tree_cpu_s(server.proc.pid) - before
+    if (cores := tree_cores(server.proc.pid)) != {SERVER_CORE}:
+        raise RuntimeError(f"{peer.label}: threads of its process tree may run on cores "
+                           f"{sorted(cores)}, not only {SERVER_CORE}: give it an explicit "
+                           "ONNX Runtime thread count")
     result["cpu_us"] = spent * 1e6 / max(result["requests"], 1)
     return result
 
@@ -229,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     shape, latent, core = tuple(manifest.image_shape), manifest.latent_dim, str(SERVER_CORE)
     v2 = ("--protocol", "v2", "--model", args.model)
     peers = [
-        Peer(OURS, lambda _: vae_server(args.repo, args.model, cores=core), ()),
-        Peer(KSERVE, lambda _: kserve_server(folder, args.model, cores=core), v2),
+        Peer(OURS, lambda _: vae_server(args.repo, args.model, cores=core, intra_op_threads=1),
+             ()),
+        Peer(KSERVE, lambda _: kserve_server(folder, args.model, cores=core, threads=1), v2),
         Peer(TRITON, lambda _: triton_server(folder, args.model, cores=core), v2),
         Peer(BARE, lambda items: bare_server(shape, latent, items, cores=core), (), True),
     ]

@@ -122,10 +122,10 @@ def bare_server(image_shape: tuple[int, ...], latent_dim: int, items: int,
     return Server(argv, port, None, health=False, cores=cores)
 
 
-def kserve_server(folder: Path, model: str, cores: str | None = None) -> Server:
+def kserve_server(folder: Path, model: str, cores: str | None = None, threads: int = 0) -> Server:
     port = free_port()
     argv = [str(KSERVE_PYTHON), "bench/kserve_peer.py", "--version-dir", str(folder), "--name",
-            model, "--port", str(port)]
+            model, "--port", str(port), "--threads", str(threads)]
     return Server(argv, port, None, health=False, cores=cores)
 
 
