@@ -37,12 +37,15 @@ KSERVE_DEFAULT_THREADS = 4
 class OnnxGraph(Model):  # type: ignore[misc]
     """One ONNX graph: every input row goes through InferenceSession.run as it arrives."""
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, threads: int) -> None:
         super().__init__(name)
-        self.path = path
+        self.path, self.threads = path, threads
 
     def load(self) -> bool:
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        self.session = ort.InferenceSession(str(self.path), options,
+                                            providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.ready = True
@@ -61,10 +64,10 @@ class OnnxGraph(Model):  # type: ignore[misc]
         return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=outputs)
 
 
-async def serve(version_dir: Path, name: str, port: int) -> None:
+async def serve(version_dir: Path, name: str, port: int, threads: int) -> None:
     repository = ModelRepository()
     for graph, file in GRAPHS.items():
-        model = OnnxGraph(f"{name}.{graph}", version_dir / file)
+        model = OnnxGraph(f"{name}.{graph}", version_dir / file, threads)
         model.load()
         repository.update(model)
     servicer = InferenceServicer(DataPlane(repository), ModelRepositoryExtension(repository))
@@ -85,8 +88,11 @@ def main() -> None:
                    help="a version folder of the model repository (decoder.onnx, encoder.onnx)")
     p.add_argument("--name", required=True, help="models are served as NAME.decoder, NAME.encoder")
     p.add_argument("--port", type=int, required=True, help="gRPC port on 127.0.0.1")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads per graph; 0 = its default (one per "
+                        "physical core, each pinned to its core, whatever taskset allows)")
     args = p.parse_args()
-    asyncio.run(serve(args.version_dir, args.name, args.port))
+    asyncio.run(serve(args.version_dir, args.name, args.port, args.threads))
 
 
 if __name__ == "__main__":

@@ -72,12 +72,19 @@ def _wait_ready(port: int, timeout_s: float = 60) -> None:
                                                   timeout=timeout_s, wait_for_ready=True)
 
 
+def on_cores(argv: list[str], cores: str | None) -> list[str]:
+    """argv under `taskset -c CORES` (the process and every child it starts), or as it is."""
+    return ["taskset", "-c", cores, *argv] if cores else argv
+
+
 class Server:
     """A server process on loopback, started and stopped around a group of load runs."""
 
-    def __init__(self, argv: list[str], port: int, metrics_port: int | None, health: bool) -> None:
+    def __init__(self, argv: list[str], port: int, metrics_port: int | None, health: bool,
+                 cores: str | None = None) -> None:
         self.port, self.metrics_port = port, metrics_port
-        self.proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(on_cores(argv, cores), stderr=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL)
         if health:
             _wait_ready(port)
         else:
@@ -98,48 +105,51 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def vae_server(repo: Path, model: str, **settings: int) -> Server:
+def vae_server(repo: Path, model: str, *, cores: str | None = None, **settings: int) -> Server:
     port, metrics_port = free_port(), free_port()
     env = {f"--{k.replace('_', '-')}": str(v) for k, v in settings.items()}
     argv = [sys.executable, "-m", "service.cli", "--model-repo", str(repo), "--model-name", model,
             "--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "WARNING",
             *[x for pair in env.items() for x in pair]]
-    return Server(argv, port, metrics_port, health=True)
+    return Server(argv, port, metrics_port, health=True, cores=cores)
 
 
-def bare_server(image_shape: tuple[int, ...], latent_dim: int, items: int) -> Server:
+def bare_server(image_shape: tuple[int, ...], latent_dim: int, items: int,
+                cores: str | None = None) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "bench.bare_server", "--port", str(port), "--image-shape",
             *map(str, image_shape), "--latent-dim", str(latent_dim), "--items", str(items)]
-    return Server(argv, port, None, health=False)
+    return Server(argv, port, None, health=False, cores=cores)
 
 
-def kserve_server(folder: Path, model: str) -> Server:
+def kserve_server(folder: Path, model: str, cores: str | None = None, threads: int = 0) -> Server:
     port = free_port()
     argv = [str(KSERVE_PYTHON), "bench/kserve_peer.py", "--version-dir", str(folder), "--name",
-            model, "--port", str(port)]
-    return Server(argv, port, None, health=False)
+            model, "--port", str(port), "--threads", str(threads)]
+    return Server(argv, port, None, health=False, cores=cores)
 
 
-def triton_server(folder: Path, model: str, instances: int = 1, threads: int = 1) -> Server:
+def triton_server(folder: Path, model: str, instances: int = 1, threads: int = 1,
+                  cores: str | None = None) -> Server:
     """Triton serving MODEL.decoder and MODEL.encoder of folder (bench/triton_peer.py)."""
     if not TRITON_PYTHON.exists():
         raise FileNotFoundError(f"{TRITON_PYTHON} is missing: bash bench/triton_venv.sh makes it")
     port = free_port()
     argv = [str(TRITON_PYTHON), "bench/triton_peer.py", "--version-dir", str(folder), "--name",
             model, "--port", str(port), "--instances", str(instances), "--threads", str(threads)]
-    return Server(argv, port, None, health=False)
+    return Server(argv, port, None, health=False, cores=cores)
 
 
 def run_load(port: int, method: str, items: int, concurrency: int, seconds: float,
-             *flags: str) -> dict[str, float]:
-    """One run of bench/load.py (its own process) against 127.0.0.1:port: its JSON line.
+             *flags: str, cores: str | None = None) -> dict[str, float]:
+    """One run of bench/load.py (its own process, on `cores` if given) against 127.0.0.1:port.
 
-    `flags` go to bench.load as they are (--protocol, --model, --connections)."""
+    Returns its JSON line. `flags` go to bench.load as they are (--protocol, --model,
+    --connections)."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{port}", "--method", method,
-         "--items", str(items), "--concurrency", str(concurrency), "--seconds", str(seconds),
-         *flags], capture_output=True, text=True, timeout=seconds + 120)
+        on_cores([sys.executable, "-m", "bench.load", "--target", f"127.0.0.1:{port}", "--method",
+                  method, "--items", str(items), "--concurrency", str(concurrency), "--seconds",
+                  str(seconds), *flags], cores), capture_output=True, text=True, timeout=seconds + 120)
     if out.returncode != 0:
         raise RuntimeError(f"bench.load {' '.join(flags)} failed: {out.stderr.strip()}")
     result: dict[str, float] = json.loads(out.stdout)
