@@ -140,8 +140,9 @@ class ServerConfig:
     inline_below_us: int = setting(150, "batches whose ONNX Runtime time measured below this "
                                    "run on the event loop, skipping the hand-off to a runner "
                                    "thread; 0 = always hand off", parse_int, "US")
-    intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads per session; 0 = ONNX "
-                                    "Runtime's default (all cores)", parse_int, "N")
+    intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads per session; 0 = the "
+                                    "cores this process may run on (its CPU affinity: "
+                                    "taskset, a container's cpuset)", parse_int, "N")
     serial_below_rows: int = setting(8, "CPU: batches of fewer rows run on a single-threaded "
                                      "session of the same graph, which answers small batches "
                                      "sooner than waking intra-op threads; 0 = off",
@@ -199,7 +200,12 @@ class ServerConfig:
         intra-op thread keeps every core busy under load (docs/architecture.md, Instances)."""
         if self.instances:
             return self.instances
-        return 1 if on_gpu else self.intra_op_threads or usable_cores()
+        return 1 if on_gpu else self.session_threads()
+
+    def session_threads(self) -> int:
+        """--intra-op-threads resolved, always a number: ONNX Runtime's own default pins a
+        thread to every physical core, outside the cores taskset or a cpuset allow."""
+        return self.intra_op_threads or usable_cores()
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue_rows", "max_sample_count", "max_score_samples",

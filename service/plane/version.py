@@ -80,7 +80,7 @@ def load_graphs(folder: Path, config: ServerConfig) -> LoadedGraphs:
     for graph in manifest.graphs:
         path = folder / GRAPHS[graph].file
         inputs, outputs = row_shapes(graph, manifest.image_shape, manifest.latent_dim)
-        runner = OrtRunner(path, config.device, config.intra_op_threads, list(inputs),
+        runner = OrtRunner(path, config.device, config.session_threads(), list(inputs),
                            manifest.outputs[graph], serial_below_rows=config.serial_below_rows,
                            side_by_side=side_by_side)
         _check_signature(path, runner.inputs, inputs)

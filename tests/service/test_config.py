@@ -48,3 +48,10 @@ def test_help_prints_each_default_once() -> None:
     text = build_parser().format_help()
     assert "(default: 64; env VAE_SERVE_MAX_BATCH_SIZE)" in " ".join(text.split())
     assert "None" not in text
+
+
+def test_intra_op_threads_auto_is_the_cores_this_process_may_use() -> None:
+    import os
+
+    assert ServerConfig().session_threads() == len(os.sched_getaffinity(0))
+    assert ServerConfig(intra_op_threads=3).session_threads() == 3

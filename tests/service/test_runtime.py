@@ -3,6 +3,7 @@ same bytes, here on CPU; outputs are bound by name, in whatever order a manifest
 a graph of several inputs (the scorer) takes packed rows."""
 
 import json
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from service.fronts.tensors import to_array, to_tensor
 from service.runtime.ort_runner import OrtRunner, pack_rows
 from service.transport.server import RunningServer, build_server
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
-from tests.conftest import server_config
+from tests.conftest import server_config, spawn_server
 
 
 @pytest.mark.parametrize(("graph", "feed", "outputs"), [
@@ -151,3 +152,25 @@ def test_packed_rows_of_another_width_are_refused(model_repo: Path) -> None:
                        ["log_px_z"])
     with pytest.raises(ValueError, match=r"need shape \[rows, 72\], got \[3, 71\]"):
         runner.run(np.zeros((3, 71), np.float32))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to confine to one")
+async def test_a_server_confined_to_one_core_keeps_every_thread_there(model_repo: Path) -> None:
+    """As under taskset or a cpuset: ONNX Runtime's own default pool would pin threads to
+    every physical core, so --intra-op-threads 0 must resolve to the allowed cores."""
+    allowed = os.sched_getaffinity(0)
+    core = min(allowed)
+    os.sched_setaffinity(0, {core})  # the server inherits it
+    try:
+        process, port = await spawn_server(model_repo)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await vae_pb2_grpc.VaeServiceStub(channel).GetModelInfo(
+                vae_pb2.GetModelInfoRequest(), wait_for_ready=True, timeout=60)
+        threads = list(Path(f"/proc/{process.pid}/task").iterdir())
+        assert set().union(*(os.sched_getaffinity(int(t.name)) for t in threads)) == {core}
+    finally:
+        process.terminate()
+        await process.wait()
