@@ -1,6 +1,6 @@
 """Anomaly detection, measured: AUROC of Score for in-distribution against out-of-distribution test images.
 
-python -m bench.anomaly_auroc --repo models --data-dir ../shared/data --pair mnist:mnist:fashion-mnist \
+python -m bench.anomaly_auroc --repo models --data-dir ~/data --pair mnist:mnist:fashion-mnist \
     --pair fashion:fashion-mnist:mnist
 
 Each --pair MODEL:IN:OUT serves model MODEL of --repo (a free port on 127.0.0.1) and scores
