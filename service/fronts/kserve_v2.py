@@ -13,9 +13,8 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from service.context import RequestContext
 from service.errors import FailedPrecondition, NotFound, Unauthenticated, Unimplemented
-from service.fronts.status import CallGate, Counted, deadline_s, rpc
+from service.fronts.status import CallGate, Counted, request_context, rpc
 from service.fronts.v2_wire import (
     V2Model,
     decode_inputs,
@@ -86,8 +85,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc("ModelMetadata", items=lambda r: 0)
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context
                             ) -> pb.ModelMetadataResponse:
-        model = find_model(self.models, request.name)
-        self._check_loaded(parse_version(request.version))
+        model = self._loaded_model(request.name, request.version)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=model.name, versions=[str(self.plane.current.number)], platform=SERVER_NAME,
@@ -97,8 +95,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc("ModelConfig", items=lambda r: 0)
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context
                           ) -> pb.ModelConfigResponse:
-        model = find_model(self.models, request.name)
-        self._check_loaded(parse_version(request.version))
+        model = self._loaded_model(request.name, request.version)
         c = self.plane.config
         batched = model.operation.batched
         skip = 1 if batched else 0  # with batching, dims leave out the batch axis
@@ -121,9 +118,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         want = parse_version(request.model_version)
         outputs = select_outputs(model, request.outputs)
         arrays = decode_inputs(model, request.inputs, request.raw_input_contents)
-        answer = await self.plane.run(model.operation, arrays, RequestContext(
-            deadline_s(context), want, company=self.gate.arrived - 1,
-            metadata=context.invocation_metadata, request_id=request.id))
+        answer = await self.plane.run(model.operation, arrays, request_context(
+            context, self.gate, version=want, request_id=request.id))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(answer.version),
                                          id=request.id)
         for spec in outputs:
@@ -196,10 +192,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if name != self.plane.config.model_name:
             find_model(self.models, name)
 
-    def _check_loaded(self, version: int) -> None:
+    def _loaded_model(self, name: str, version_text: str) -> V2Model:
+        """The v2 model `name` of the loaded version; another version is NOT_FOUND."""
+        model = find_model(self.models, name)
+        version = parse_version(version_text)
         if version and version != self.plane.current.number:
             raise NotFound(f"version {version} is not loaded; version "
                            f"{self.plane.current.number} is")
+        return model
 
 
 def _unimplemented(method: str) -> Any:

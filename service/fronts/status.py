@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -18,6 +18,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from service.context import NO_NAMES, RequestContext
 from service.errors import (
     DeadlineExpired,
     FailedPrecondition,
@@ -257,6 +258,15 @@ def rpc(method: str, items: Callable[[Response], int] | None) -> Callable[[Handl
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+def request_context(context: grpc.aio.ServicerContext, gate: CallGate,
+                    names: Mapping[str, str] = NO_NAMES, version: int = 0,
+                    request_id: str = "") -> RequestContext:
+    """What travels with a call to the batcher: its deadline, the calls it may be batched
+    with, and its metadata, read for a trace id only if a batch fails."""
+    return RequestContext(deadline_s(context), version, names, gate.arrived - 1,
+                          context.invocation_metadata, request_id)
 
 
 def deadline_s(context: grpc.aio.ServicerContext) -> float | None:

@@ -10,7 +10,7 @@ from typing import TypeAlias
 import grpc
 
 from service.context import NO_NAMES, RequestContext
-from service.fronts.status import CallGate, deadline_s, rpc
+from service.fronts.status import CallGate, request_context, rpc
 from service.fronts.tensors import from_tensor, to_tensor
 from service.operations.codec import DECODE, DENOISE, ENCODE, SAMPLE
 from service.operations.interpolate import INTERPOLATE
@@ -34,8 +34,7 @@ class VaeServicer(vae_pb2_grpc.VaeServiceServicer):
         self.gate = gate
 
     def _context(self, context: Context, names: Mapping[str, str]) -> RequestContext:
-        return RequestContext(deadline_s(context), 0, names, self.gate.arrived - 1,
-                              context.invocation_metadata)
+        return request_context(context, self.gate, names)
 
     @rpc("Encode", items=lambda r: r.mean.shape[0])
     async def Encode(self, request: vae_pb2.EncodeRequest, context: Context) -> vae_pb2.EncodeResponse:

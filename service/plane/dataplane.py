@@ -115,8 +115,8 @@ class DataPlane:
         """Run a declared operation on one leased version: inputs checked against its manifest,
         every graph of the operation from that version, outputs checked finite."""
         async with self.lease(context.version) as version:
-            missing = [graph for graph in operation.graphs if graph not in version.graphs]
-            if missing:
+            if not version.graphs.issuperset(operation.graphs):
+                missing = [graph for graph in operation.graphs if graph not in version.graphs]
                 raise FailedPrecondition(
                     f"{operation.name}: version {version.number} has no {', '.join(missing)} "
                     f"graph ({version.folder}); re-export the model with this release's "
