@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.batching.saturation import CpuSaturation, Saturation
 from service.context import NO_CONTEXT, RequestContext
 from service.errors import DeadlineExpired, ModelUnavailable, QueueFull
 
@@ -33,6 +34,10 @@ LONE_INLINE_BELOW_S = 0.001
 threshold, if higher) runs on the loop: the hand-off would cost it about 0.1 ms with nothing
 to overlap, and a call of the other graph arriving meanwhile waits about this long at most
 (conv decoder at concurrency 1: p50 -0.15 ms, docs/benchmarks.md)."""
+SATURATED_WAIT_S = 0.002
+"""Without a fixed max_queue_delay, how long rows wait for company while the CPU is full
+(service/batching/saturation.py): a call reaches the loop about every 0.3 ms then, so a
+batch gathers about 7 rows (one core, concurrency 64: 2.6k requests/s against 1.8k)."""
 
 
 class BatchObserver(Protocol):
@@ -78,6 +83,7 @@ class DynamicBatcher:
         instances: int = 1,
         inline_below_us: int = 0,
         observer: BatchObserver | None = None,
+        saturation: Saturation | None = None,
     ) -> None:
         self.name = name
         self.max_batch_size = max_batch_size
@@ -90,6 +96,7 @@ class DynamicBatcher:
         """Recent ONNX Runtime seconds per batch-size class (rows.bit_length()), smoothed."""
         self._run_batch = run_batch
         self._observer = observer or _NoObserver()
+        self._saturation = saturation or CpuSaturation()
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
@@ -215,14 +222,17 @@ class DynamicBatcher:
         return max(pending.context.company for pending in batch) >= len(batch)
 
     def _idle(self, context: RequestContext) -> bool:
-        """No other call in flight, nothing queued or running, no delay: a batch alone.
+        """No other call in flight, nothing queued or running, no delay, spare CPU: a batch
+        alone.
 
         Other calls in flight are company that may join a batch: under load a request
         that ran alone on the loop would keep every other call waiting for it, and the
-        next one would find the graph idle again, so no batch would ever form.
+        next one would find the graph idle again, so no batch would ever form. On a full
+        CPU the calls still waiting inside grpc are company too, though no handler shows
+        them yet.
         """
         return (context.company == 0 and not self._queue and not self._running
-                and self._delay_s == 0)
+                and self._delay_s == 0 and not self._saturation.saturated())
 
     def _run_now(self, inputs: np.ndarray, context: RequestContext) -> list[np.ndarray]:
         """Run a lone cheap request on the loop at once, skipping the queue.
@@ -285,14 +295,21 @@ class DynamicBatcher:
             return bool(self._queue)
         return self._queued_rows >= self.max_batch_size
 
+    def _wait_s(self) -> float:
+        """How long the oldest queued row may wait for company: max_queue_delay_us, else
+        SATURATED_WAIT_S while the CPU is full, else not at all."""
+        if self._delay_s > 0:
+            return self._delay_s
+        return SATURATED_WAIT_S if self._saturation.saturated() else 0.0
+
     async def _next_batch(self) -> list[_Pending]:
-        """Wait for work; with a delay, give a partial batch until the oldest row's deadline."""
+        """Wait for work; with a wait, give a partial batch until the oldest row's deadline."""
         while not self._worth_starting():
             self._arrived.clear()
             await self._arrived.wait()
         await asyncio.sleep(0)  # let handlers that are already runnable queue their rows too
-        if self._delay_s > 0:
-            flush_at = self._queue[0].enqueued_s + self._delay_s
+        if (wait_s := self._wait_s()) > 0:
+            flush_at = self._queue[0].enqueued_s + wait_s
             while self._queued_rows < self.max_batch_size:
                 remaining = flush_at - time.monotonic()
                 if remaining <= 0:

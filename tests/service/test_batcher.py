@@ -32,6 +32,23 @@ def rows(n: int, start: int = 0) -> np.ndarray:
     return np.arange(start, start + n, dtype=np.float32)[:, None]
 
 
+class FixedSaturation:
+    """A CPU that is full, or not, whatever this machine does meanwhile."""
+
+    def __init__(self, full: bool) -> None:
+        self.full = full
+
+    def saturated(self) -> bool:
+        return self.full
+
+
+@pytest.fixture(autouse=True)
+def spare_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batchers here see a free CPU unless a test passes its own: a busy test machine must not
+    change which path a row takes."""
+    monkeypatch.setattr(batcher_module, "CpuSaturation", lambda: FixedSaturation(False))
+
+
 async def test_concurrent_rows_coalesce_within_the_delay() -> None:
     graph = Graph()
     batcher = DynamicBatcher("g", graph, max_batch_size=64, max_queue_delay_us=200_000)
@@ -238,4 +255,30 @@ async def test_a_batch_with_room_and_company_runs_in_the_pool_so_the_next_one_fo
     await asyncio.gather(*(batcher.submit(rows(1), crowd) for _ in range(8)))
     assert all(name.startswith("ort-g") for name in graph.threads[1:])  # not on the loop
     assert len(graph.batches) < 9  # and the calls that waited were batched together
+    await batcher.close()
+
+
+async def test_on_a_full_cpu_a_lone_row_waits_for_company_and_they_run_as_one_batch() -> None:
+    graph = ThreadRecorder()
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000_000,
+                             saturation=FixedSaturation(True))
+    await batcher.submit(rows(1))  # measured: cheap enough for the loop from now on
+    first = asyncio.create_task(batcher.submit(rows(1, 1)))
+    await asyncio.sleep(0.0005)  # well within SATURATED_WAIT_S: the first row still waits
+    second = asyncio.create_task(batcher.submit(rows(1, 2)))
+    outs = await asyncio.gather(first, second)
+    assert graph.batches == [1, 2]  # alone, it would have run at once, on its own
+    assert [float(out[0][0, 0]) for out in outs] == [2.0, 4.0]
+    await batcher.close()
+
+
+async def test_with_spare_cpu_a_lone_row_runs_at_once() -> None:
+    graph = ThreadRecorder(seconds=0.001)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000_000,
+                             saturation=FixedSaturation(False))
+    await batcher.submit(rows(1))
+    started = time.monotonic()
+    await batcher.submit(rows(1))
+    assert graph.threads[-1] == threading.current_thread().name  # on the loop, not queued
+    assert time.monotonic() - started < batcher_module.SATURATED_WAIT_S + 0.05
     await batcher.close()
