@@ -21,6 +21,7 @@ About rounds x (16 x (--seconds + 2 s) + 40 s of start-ups), plus 2 x --seconds.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -52,6 +53,9 @@ from service.plane.repository import read_manifest, resolve_version
 
 SERVER_CORE, LOAD_CORE = 0, 1
 TRITON = "Triton Python backend 2.51.0"
+LADDER = {"plane": "vae-serve, data plane answered by zeros",
+          "compute": "vae-serve, ONNX Runtime answered by zeros"}
+"""The rungs of --ladder: bench/ladder_server.py's stand-ins, and their rows' labels."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rounds, each starting every server afresh, order alternating")
     p.add_argument("--seconds", type=positive(float), default=4.0, help="length of each load run")
     p.add_argument("--out", type=Path, default=Path("bench/out/pinned.md"))
+    p.add_argument("--ladder", action="store_true",
+                   help="also vae-serve with its data plane, then ONNX Runtime, answered by "
+                   "zeros (bench/ladder_server.py): what each layer costs per request")
     args = p.parse_args(argv)
     if shutil.which("taskset") is None:
         p.error("taskset is not on PATH: install util-linux")
@@ -256,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     peers = [
         Peer(OURS, lambda _: vae_server(args.repo, args.model, cores=core, intra_op_threads=1),
              ()),
+        *(Peer(label, functools.partial(lambda rung, _: vae_server(
+            args.repo, args.model, cores=core, stand_in=rung, intra_op_threads=1), rung), ())
+          for rung, label in LADDER.items() if args.ladder),
         Peer(KSERVE, lambda _: kserve_server(folder, args.model, cores=core, threads=1), v2),
         Peer(TRITON, lambda _: triton_server(folder, args.model, cores=core), v2),
         Peer(BARE, lambda items: bare_server(shape, latent, items, cores=core), (), True),

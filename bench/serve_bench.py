@@ -105,10 +105,14 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def vae_server(repo: Path, model: str, *, cores: str | None = None, **settings: int) -> Server:
+def vae_server(repo: Path, model: str, *, cores: str | None = None, stand_in: str = "",
+               **settings: int) -> Server:
+    """vae-serve with these settings; with `stand_in`, one layer answered by zeros
+    (bench/ladder_server.py)."""
     port, metrics_port = free_port(), free_port()
     env = {f"--{k.replace('_', '-')}": str(v) for k, v in settings.items()}
-    argv = [sys.executable, "-m", "service.cli", "--model-repo", str(repo), "--model-name", model,
+    entry = ["bench.ladder_server", "--stand-in", stand_in] if stand_in else ["service.cli"]
+    argv = [sys.executable, "-m", *entry, "--model-repo", str(repo), "--model-name", model,
             "--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "WARNING",
             *[x for pair in env.items() for x in pair]]
     return Server(argv, port, metrics_port, health=True, cores=cores)
