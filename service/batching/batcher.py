@@ -36,8 +36,13 @@ to overlap, and a call of the other graph arriving meanwhile waits about this lo
 (conv decoder at concurrency 1: p50 -0.15 ms, docs/benchmarks.md)."""
 SATURATED_WAIT_S = 0.002
 """Without a fixed max_queue_delay, how long rows wait for company while the CPU is full
-(service/batching/saturation.py): a call reaches the loop about every 0.3 ms then, so a
-batch gathers about 7 rows (one core, concurrency 64: 2.6k requests/s against 1.8k)."""
+(service/batching/saturation.py) and calls come in company: a call reaches the loop about
+every 0.3 ms then, so a batch gathers about 7 rows (one core, concurrency 64: 2.6k
+requests/s against 1.8k)."""
+COMPANY_MEMORY_S = 0.1
+"""A call that met company within this long means calls come in company now. A lone client
+can fill the CPU too (one core at concurrency 1 is 70-90 % busy), but no row of it would
+ever get company by waiting."""
 
 
 class BatchObserver(Protocol):
@@ -97,6 +102,8 @@ class DynamicBatcher:
         self._run_batch = run_batch
         self._observer = observer or _NoObserver()
         self._saturation = saturation or CpuSaturation()
+        self._company_s = -COMPANY_MEMORY_S
+        """When a call last met company: other calls in flight, or rows queued or running."""
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
@@ -123,6 +130,8 @@ class DynamicBatcher:
         if self._queued_rows + rows > self.max_queue_rows:
             raise QueueFull(f"{self.name} queue full ({self._queued_rows} of "
                             f"{self.max_queue_rows} rows waiting); retry with backoff")
+        if context.company or self._queue or self._running:
+            self._company_s = time.monotonic()
         if (self._idle(context) and rows <= self.max_batch_size
                 and self._runs_inline(rows, self._lone_inline_below_s)):
             return self._run_now(batch, context)
@@ -222,17 +231,17 @@ class DynamicBatcher:
         return max(pending.context.company for pending in batch) >= len(batch)
 
     def _idle(self, context: RequestContext) -> bool:
-        """No other call in flight, nothing queued or running, no delay, spare CPU: a batch
-        alone.
+        """No other call in flight, nothing queued or running, no delay, and no crowd on a
+        full CPU: a batch alone.
 
         Other calls in flight are company that may join a batch: under load a request
         that ran alone on the loop would keep every other call waiting for it, and the
-        next one would find the graph idle again, so no batch would ever form. On a full
-        CPU the calls still waiting inside grpc are company too, though no handler shows
-        them yet.
+        next one would find the graph idle again, so no batch would ever form. When calls
+        met company lately and the CPU is full, the calls still waiting inside grpc are
+        company too, though no handler shows them yet.
         """
         return (context.company == 0 and not self._queue and not self._running
-                and self._delay_s == 0 and not self._saturation.saturated())
+                and self._delay_s == 0 and not self._crowd_on_a_full_cpu())
 
     def _run_now(self, inputs: np.ndarray, context: RequestContext) -> list[np.ndarray]:
         """Run a lone cheap request on the loop at once, skipping the queue.
@@ -297,10 +306,16 @@ class DynamicBatcher:
 
     def _wait_s(self) -> float:
         """How long the oldest queued row may wait for company: max_queue_delay_us, else
-        SATURATED_WAIT_S while the CPU is full, else not at all."""
+        SATURATED_WAIT_S while calls come in company to a full CPU, else not at all."""
         if self._delay_s > 0:
             return self._delay_s
-        return SATURATED_WAIT_S if self._saturation.saturated() else 0.0
+        return SATURATED_WAIT_S if self._crowd_on_a_full_cpu() else 0.0
+
+    def _crowd_on_a_full_cpu(self) -> bool:
+        """Calls met company lately and the CPU is full: a row that waits a moment finds
+        company, and the CPU has other calls to work on meanwhile."""
+        return (time.monotonic() - self._company_s < COMPANY_MEMORY_S
+                and self._saturation.saturated())
 
     async def _next_batch(self) -> list[_Pending]:
         """Wait for work; with a wait, give a partial batch until the oldest row's deadline."""

@@ -45,7 +45,7 @@ def check_batch(array: np.ndarray, field: str, item_shape: tuple[int, ...], unit
     if array.shape[0] < 1:
         raise InvalidInput(f"{field}: empty batch (N = {array.shape[0]}); send at least one item")
     if unit_range:  # NaN and Inf show in these two
-        if 0 <= float(array.min()) and float(array.max()) <= 1:
+        if float(array.min()) >= 0 and float(array.max()) <= 1:
             return array  # the common case: two reductions, no boolean arrays
     elif math.isfinite(array.sum(dtype=np.float64)):  # only NaN and Inf make it non-finite
         return array  # the common case: one reduction, no boolean arrays
