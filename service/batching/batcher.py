@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -64,14 +64,14 @@ class _NoObserver:
         pass
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """One chunk of a request (at most max_batch_size rows) waiting for its outputs."""
 
     rows: np.ndarray
     context: RequestContext
     future: asyncio.Future[list[np.ndarray]]
-    enqueued_s: float = field(default_factory=time.monotonic)
+    enqueued_s: float
 
 
 class DynamicBatcher:
@@ -135,9 +135,10 @@ class DynamicBatcher:
         if (self._idle(context) and rows <= self.max_batch_size
                 and self._runs_inline(rows, self._lone_inline_below_s)):
             return self._run_now(batch, context)
-        loop = asyncio.get_running_loop()
+        loop, now = asyncio.get_running_loop(), time.monotonic()
         chunks = [
-            _Pending(batch[start : start + self.max_batch_size], context, loop.create_future())
+            _Pending(batch[start : start + self.max_batch_size], context, loop.create_future(),
+                     now)
             for start in range(0, rows, self.max_batch_size)
         ]
         self._queue.extend(chunks)
