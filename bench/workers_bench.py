@@ -1,6 +1,6 @@
-"""--workers 2 with a core per worker against --workers 1 on one core (issue 22), in one run.
+"""--workers 2 with a core per worker against --workers 1 on one core, in one run.
 
-python -m bench.workers_bench --repo models --model mnist --seconds 5 --rounds 2
+python -m bench.workers_bench --repo models --model mnist --seconds 5 --rounds 2 --ghz PATH
 
 1-row Decode at concurrency 64 over 8 connections (the kernel spreads connections, not calls,
 over the workers), both servers with one ONNX Runtime intra-op thread per worker:
@@ -11,8 +11,8 @@ nothing, stays on 0,1). A run stops if any worker thread may run off its core, c
 pinning and after every load run. On 2 cores (b)'s load generator has no core of its own: it
 runs unpinned, sharing the workers' cores (on a machine with more it gets the cores above 1).
 Each setup is driven by two load generators in turn, each its own process: bench/load.py
-(Python) and the ghz binary (Go) v0.121.0, looked up on PATH, then in ../shared/tools/bin;
-without ghz its rows are left out (get it from https://github.com/bojand/ghz/releases).
+(Python) and the ghz binary (Go) v0.121.0, --ghz or ghz on PATH; without ghz its rows are
+left out (get it from https://github.com/bojand/ghz/releases).
 Per run: requests/s, p50, errors, the server tree's CPU per request (from /proc), requests
 per server-core-second, the cores the server and the load generator kept busy, the load
 generator's CPU per request, and for (b) each worker's connections and share of the
@@ -56,7 +56,6 @@ CONCURRENCY, CONNECTIONS = 64, 8
 CORES = (0, 1)
 """Worker i runs on CORES[i]; (a)'s one worker on core 0, its load generator on core 1."""
 NODE_CORES = 16
-SHARED_TOOLS = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "bin"
 LISTEN, ESTABLISHED = "0A", "01"
 """TCP states as /proc/net/tcp writes them."""
 
@@ -218,11 +217,6 @@ def ghz_load(ghz: str, payload: Path, port: int, seconds: float, cores: str | No
             + after.ru_stime - before.ru_stime}
 
 
-def find_ghz() -> str | None:
-    """ghz on PATH, else the team's copy beside the checkout (as tests/deploy/test_ghz.py)."""
-    return shutil.which("ghz") or shutil.which("ghz", path=str(SHARED_TOOLS))
-
-
 def measure(server: Server, pins: dict[int, int], load: Load, cores: str | None,
             seconds: float) -> Measured:
     """One load run; the server tree's CPU per process from /proc around it."""
@@ -345,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rounds, each starting both servers afresh, order alternating")
     p.add_argument("--out", type=Path, default=Path("bench/out/workers.md"),
                    help="the markdown report, also printed")
+    p.add_argument("--ghz", default="ghz",
+                   help="the ghz binary (a path, or a name on PATH); when absent its rows are "
+                   "left out")
     args = p.parse_args(argv)
     if shutil.which("taskset") is None:
         p.error("taskset is not on PATH: install util-linux")
@@ -360,9 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     setups = [Setup("(a) 1 worker, core 0", 1, str(CORES[0]), str(CORES[1])),
               Setup("(b) 2 workers, a core each", 2, ",".join(map(str, CORES)), spare)]
     loads = [Load("load.py", python_load)]
-    ghz = find_ghz()
+    ghz = shutil.which(args.ghz)
     if ghz is None:
-        ghz_note = (f"ghz was not found (PATH, {SHARED_TOOLS}): its rows are left out; "
+        ghz_note = (f"ghz was not found (--ghz {args.ghz}): its rows are left out; "
                     "get v0.121.0 from https://github.com/bojand/ghz/releases.")
         print(ghz_note, file=sys.stderr)
     with tempfile.TemporaryDirectory() as folder:

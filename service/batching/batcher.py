@@ -107,6 +107,8 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        """Set when a full batch's worth of rows is queued: ends a wait for company."""
         self._free_instances = asyncio.Semaphore(instances)
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"ort-{name}")
         self._running: set[asyncio.Future[Timed]] = set()
@@ -145,6 +147,8 @@ class DynamicBatcher:
         self._queued_rows += rows
         self._observer.queue_rows(self._queued_rows)
         self._arrived.set()
+        if self._queued_rows >= self.max_batch_size:
+            self._full.set()
         if len(chunks) == 1:  # the common case: no gather wrapper on the hot path
             return await chunks[0].future
         try:
@@ -324,17 +328,12 @@ class DynamicBatcher:
             self._arrived.clear()
             await self._arrived.wait()
         await asyncio.sleep(0)  # let handlers that are already runnable queue their rows too
-        if (wait_s := self._wait_s()) > 0:
-            flush_at = self._queue[0].enqueued_s + wait_s
-            while self._queued_rows < self.max_batch_size:
-                remaining = flush_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
+        flush_at = self._queue[0].enqueued_s + self._wait_s()  # loop.time() is monotonic()
+        if self._queued_rows < self.max_batch_size and flush_at > time.monotonic():
+            self._full.clear()  # woken once, when the batch is full, not by every row
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(flush_at):
+                    await self._full.wait()
         return self._take()
 
     def _take(self) -> list[_Pending]:
