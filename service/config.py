@@ -131,7 +131,7 @@ class ServerConfig:
                                   "and reassembled", parse_int, "ROWS")
     max_queue_delay_us: int = setting(0, "longest a queued row waits for company before a partial "
                                       "batch runs, microseconds; 0 = at once while the CPU "
-                                      "has room, up to 2 ms while it is full", parse_int, "US")
+                                      "has room, up to 5 ms while it is full", parse_int, "US")
     max_queue_rows: int = setting(4096, "rows queued per graph before new requests get "
                                   "RESOURCE_EXHAUSTED", parse_int, "ROWS")
     instances: int = setting(0, "batches each graph runs at once (like Triton's instance "

@@ -34,11 +34,12 @@ LONE_INLINE_BELOW_S = 0.001
 threshold, if higher) runs on the loop: the hand-off would cost it about 0.1 ms with nothing
 to overlap, and a call of the other graph arriving meanwhile waits about this long at most
 (conv decoder at concurrency 1: p50 -0.15 ms, docs/benchmarks.md)."""
-SATURATED_WAIT_S = 0.002
-"""Without a fixed max_queue_delay, how long rows wait for company while the CPU is full
-(service/batching/saturation.py) and calls come in company: a call reaches the loop about
-every 0.3 ms then, so a batch gathers about 7 rows (one core, concurrency 64: 2.6k
-requests/s against 1.8k)."""
+SATURATED_WAIT_S = 0.005
+"""Without a fixed max_queue_delay, the longest rows wait for company while calls come in
+company to a full CPU (service/batching/saturation.py). A call reaches the loop about every
+0.3 ms then, so a batch that waits this long gathers about 15 rows (one core, concurrency
+64); a wait ends sooner once as many rows are in as the last one's crowd (concurrency 8:
+8 rows, no idle wait)."""
 COMPANY_MEMORY_S = 0.1
 """A call that met company within this long means calls come in company now. A lone client
 can fill the CPU too (one core at concurrency 1 is 70-90 % busy), but no row of it would
@@ -108,7 +109,14 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
-        """Set when a full batch's worth of rows is queued: ends a wait for company."""
+        """Set when `_enough_rows` are queued: ends a wait for company."""
+        self._enough_rows = max_batch_size
+        """Rows that end the current wait: a full batch, or the crowd a wait for company
+        gathered last time."""
+        self._crowd = 0
+        """The most calls in flight that a row of the last batch formed by waiting for
+        company saw, itself included (0: none yet); the next wait ends as soon as as many
+        rows are queued, rather than sit idle for rows that no client has in flight."""
         self._free_instances = asyncio.Semaphore(instances)
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"ort-{name}")
         self._running: set[asyncio.Future[Timed]] = set()
@@ -147,7 +155,7 @@ class DynamicBatcher:
         self._queued_rows += rows
         self._observer.queue_rows(self._queued_rows)
         self._arrived.set()
-        if self._queued_rows >= self.max_batch_size:
+        if self._queued_rows >= self._enough_rows:
             self._full.set()
         if len(chunks) == 1:  # the common case: no gather wrapper on the hot path
             return await chunks[0].future
@@ -309,13 +317,6 @@ class DynamicBatcher:
             return bool(self._queue)
         return self._queued_rows >= self.max_batch_size
 
-    def _wait_s(self) -> float:
-        """How long the oldest queued row may wait for company: max_queue_delay_us, else
-        SATURATED_WAIT_S while calls come in company to a full CPU, else not at all."""
-        if self._delay_s > 0:
-            return self._delay_s
-        return SATURATED_WAIT_S if self._crowd_on_a_full_cpu() else 0.0
-
     def _crowd_on_a_full_cpu(self) -> bool:
         """Calls met company lately and the CPU is full: a row that waits a moment finds
         company, and the CPU has other calls to work on meanwhile."""
@@ -323,18 +324,40 @@ class DynamicBatcher:
                 and self._saturation.saturated())
 
     async def _next_batch(self) -> list[_Pending]:
-        """Wait for work; with a wait, give a partial batch until the oldest row's deadline."""
+        """Wait for work; then, with max_queue_delay_us, until the oldest row has waited that
+        long or a full batch is queued; without it, while calls come in company to a full
+        CPU, up to SATURATED_WAIT_S or until the crowd the last such wait gathered is in."""
         while not self._worth_starting():
             self._arrived.clear()
             await self._arrived.wait()
         await asyncio.sleep(0)  # let handlers that are already runnable queue their rows too
-        flush_at = self._queue[0].enqueued_s + self._wait_s()  # loop.time() is monotonic()
-        if self._queued_rows < self.max_batch_size and flush_at > time.monotonic():
-            self._full.clear()  # woken once, when the batch is full, not by every row
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(flush_at):
-                    await self._full.wait()
-        return self._take()
+        if self._delay_s > 0:
+            await self._wait_for_rows(self._delay_s, self.max_batch_size)
+            return self._take()
+        if not self._crowd_on_a_full_cpu():
+            return self._take()
+        await self._wait_for_rows(SATURATED_WAIT_S, min(self._crowd or self.max_batch_size,
+                                                        self.max_batch_size))
+        batch = self._take()
+        if batch:
+            self._crowd = 1 + max(pending.context.company for pending in batch)
+        return batch
+
+    async def _wait_for_rows(self, wait_s: float, enough_rows: int) -> None:
+        """Until `enough_rows` are queued or the oldest row has waited `wait_s`; woken once,
+        not by every row that arrives."""
+        flush_at = self._queue[0].enqueued_s + wait_s  # loop.time() is time.monotonic()
+        if self._queued_rows >= enough_rows or flush_at <= time.monotonic():
+            return
+        self._enough_rows = enough_rows
+        self._full.clear()
+        try:
+            async with asyncio.timeout_at(flush_at):
+                await self._full.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._enough_rows = self.max_batch_size
 
     def _take(self) -> list[_Pending]:
         """Pop the largest batch that fits; drop chunks cancelled or past their deadline."""

@@ -283,3 +283,17 @@ async def test_a_lone_row_runs_at_once_with_spare_cpu_or_no_company_lately(
     await batcher.submit(rows(1))
     assert graph.threads[-1] == threading.current_thread().name  # on the loop, not queued
     await batcher.close()
+
+
+async def test_a_wait_for_company_ends_once_as_many_rows_as_the_last_crowd_are_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batcher_module, "SATURATED_WAIT_S", 60.0)  # only the crowd ends it
+    graph = Graph()
+    batcher = DynamicBatcher("g", graph, max_batch_size=4, saturation=FixedSaturation(True))
+    three_in_flight = RequestContext(company=2)
+    await batcher.submit(rows(4), three_in_flight)  # a full batch: no wait; crowd of 3 seen
+    outs = await asyncio.wait_for(asyncio.gather(
+        *(batcher.submit(rows(1, i), three_in_flight) for i in range(3))), 5)
+    assert graph.batches == [4, 3]
+    assert [float(out[0][0, 0]) for out in outs] == [0.0, 2.0, 4.0]
+    await batcher.close()
