@@ -276,9 +276,13 @@ class DynamicBatcher:
         return outputs
 
     def _record(self, rows: int, seconds: float) -> None:
-        """Smooth the compute time of this size class (for _runs_inline) and report it."""
+        """Smooth the compute time of this size class (for _runs_inline) and report it.
+
+        A run counts at most twice the recent time: one the OS paused for milliseconds (a
+        busy neighbour, a preempted thread) would otherwise send the next several requests
+        of this size through the pool (seen at concurrency 1 on a shared core)."""
         recent = self._compute_s.get(rows.bit_length(), seconds)
-        self._compute_s[rows.bit_length()] = 0.8 * recent + 0.2 * seconds
+        self._compute_s[rows.bit_length()] = 0.8 * recent + 0.2 * min(seconds, 2 * recent)
         self._observer.executed(rows, seconds)
 
     def _deliver(self, batch: list[_Pending], outputs: list[np.ndarray], seconds: float) -> None:

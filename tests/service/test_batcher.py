@@ -297,3 +297,27 @@ async def test_a_wait_for_company_ends_once_as_many_rows_as_the_last_crowd_are_i
     assert graph.batches == [4, 3]
     assert [float(out[0][0, 0]) for out in outs] == [0.0, 2.0, 4.0]
     await batcher.close()
+
+
+class OneSlowRun(ThreadRecorder):
+    """A ThreadRecorder whose second run takes `pause` seconds: a thread the OS paused."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.seconds = self.pause if len(self.batches) == 1 else 0.0
+        return super().__call__(batch)
+
+
+async def test_one_paused_run_does_not_send_the_next_lone_requests_to_the_pool(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batcher_module, "LONE_INLINE_BELOW_S", 0.01)
+    graph = OneSlowRun(pause=0.2)
+    batcher = DynamicBatcher("g", graph, max_batch_size=64, inline_below_us=1_000)
+    for _ in range(3):  # measured in the pool; paused on the loop; on the loop again
+        await batcher.submit(rows(1))
+    loop_thread = threading.current_thread().name
+    assert graph.threads[0].startswith("ort-g") and graph.threads[1:] == [loop_thread] * 2
+    await batcher.close()
