@@ -111,8 +111,7 @@ class DynamicBatcher:
         self._full = asyncio.Event()
         """Set when `_enough_rows` are queued: ends a wait for company."""
         self._enough_rows = max_batch_size
-        """Rows that end the current wait: a full batch, or the crowd a wait for company
-        gathered last time."""
+        """Rows that end the current wait: a full batch, or the last crowd (below)."""
         self._crowd = 0
         """The most calls in flight that a row of the last batch formed by waiting for
         company saw, itself included (0: none yet); the next wait ends as soon as as many
@@ -330,7 +329,7 @@ class DynamicBatcher:
     async def _next_batch(self) -> list[_Pending]:
         """Wait for work; then, with max_queue_delay_us, until the oldest row has waited that
         long or a full batch is queued; without it, while calls come in company to a full
-        CPU, up to SATURATED_WAIT_S or until the crowd the last such wait gathered is in."""
+        CPU, up to SATURATED_WAIT_S or until as many rows are queued as the last crowd."""
         while not self._worth_starting():
             self._arrived.clear()
             await self._arrived.wait()
