@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.workers == 1:
         return serve_process(config)
-    from service.config import usable_cores
+    from service.cores import usable_cores
     from service.transport.ports import listening_ports, require_free_ports
     from service.transport.workers import Supervisor
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.cores import usable_cores
+
 ENV_PREFIX = "VAE_SERVE_"
 DEVICES = ("auto", "cuda", "cpu")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -61,11 +63,6 @@ def parse_count(text: str) -> int:
         return parse_int(text)
     except ValueError:
         raise ValueError("expected an integer or auto") from None
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which a container's cpuset sets)."""
-    return len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -143,7 +140,8 @@ class ServerConfig:
                                    "thread; 0 = always hand off", parse_int, "US")
     intra_op_threads: int = setting(0, "ONNX Runtime intra-op threads per session; 0 = the "
                                     "cores this process may run on (its CPU affinity: "
-                                    "taskset, a container's cpuset)", parse_int, "N")
+                                    "taskset, a container's cpuset), capped by its CPU quota "
+                                    "(a Kubernetes CPU limit)", parse_int, "N")
     serial_below_rows: int = setting(8, "CPU: batches of fewer rows run on a single-threaded "
                                      "session of the same graph, which answers small batches "
                                      "sooner than waking intra-op threads; 0 = off",

@@ -10,10 +10,11 @@ instead of 1.0, and a third less server CPU per request).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from service.cores import usable_cores
 
 SATURATED_SHARE = 0.9
 """Busy share of a window that makes the CPU count as full."""
@@ -33,9 +34,9 @@ class Saturation(Protocol):
 
 class CpuSaturation:
     """Full once, over a window, either this process used SATURATED_SHARE of the cores it may
-    run on, or the thread that asks (the event loop) was busy that share of the time: the
-    first is a core-bound server, the second a loop-bound one on a many-core machine. Free
-    again once both shares fall below RELEASED_SHARE.
+    use (service/cores.py: a CPU limit counts), or the thread that asks (the event loop) was
+    busy that share of the time: the first is a core-bound server, the second a loop-bound
+    one on a many-core machine. Free again once both shares fall below RELEASED_SHARE.
 
     Call `saturated` from the event loop's thread only (it reads that thread's CPU clock).
     """
@@ -46,7 +47,7 @@ class CpuSaturation:
                  cpu: Callable[[], tuple[float, float]] | None = None) -> None:
         self.share, self.release_share = share, release_share
         self.window_s = window_s
-        self.cores = cores or len(os.sched_getaffinity(0))
+        self.cores = cores or usable_cores()
         self._wall, self._cpu = wall, cpu or _cpu_clocks
         self._since = self._wall()
         self._cpu_since = self._cpu()

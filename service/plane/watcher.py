@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.config import ServerConfig, usable_cores
+from service.config import ServerConfig
+from service.cores import usable_cores
 from service.errors import (
     FailedPrecondition,
     ModelUnavailable,

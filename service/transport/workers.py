@@ -31,7 +31,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
-from service.config import ServerConfig, usable_cores
+from service.config import ServerConfig
+from service.cores import usable_cores
 
 logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.message import Message
 
 from service.client.vae_client import VaeClient
-from service.config import usable_cores
+from service.cores import usable_cores
 from service.fronts.tensors import to_array, to_tensor
 from service.transport.server import RunningServer
 from service.vae.v1 import vae_pb2, vae_pb2_grpc
