@@ -204,7 +204,13 @@ class ServerConfig:
     def session_threads(self) -> int:
         """--intra-op-threads resolved, always a number: ONNX Runtime's own default pins a
         thread to every physical core, outside the cores taskset or a cpuset allow."""
-        return self.intra_op_threads or usable_cores()
+        return self.intra_op_threads or self.process_cores()
+
+    def process_cores(self) -> int:
+        """The cores one serving process counts as its own: the usable ones (service/cores.py)
+        split evenly among --workers (auto: one per core)."""
+        cores = usable_cores()
+        return max(1, cores // (self.workers or cores))
 
     def __post_init__(self) -> None:
         positive = ("max_batch_size", "max_queue_rows", "max_sample_count", "max_score_samples",

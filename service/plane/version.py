@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from service.batching.batcher import BatchObserver, DynamicBatcher
+from service.batching.saturation import CpuSaturation
 from service.config import ServerConfig
 from service.context import RequestContext
 from service.errors import first_line
@@ -123,13 +124,14 @@ class ModelVersion:
         self.leases = 0
         self.retired = False
         self._output_names = {graph: runner.output_names for graph, runner in runners.items()}
+        saturation = CpuSaturation(cores=config.process_cores())  # one per event loop
         self._batchers = {
             graph: DynamicBatcher(graph, runner.run,
                                   max_batch_size=batch_rows(graph, config),
                                   max_queue_delay_us=config.max_queue_delay_us,
                                   max_queue_rows=config.max_queue_rows, instances=self.instances,
                                   inline_below_us=config.inline_below_us,
-                                  observer=observers.get(graph))
+                                  observer=observers.get(graph), saturation=saturation)
             for graph, runner in runners.items()}
 
     @property

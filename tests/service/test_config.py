@@ -6,6 +6,7 @@ import pytest
 
 from service.cli import main
 from service.config import ConfigError, ServerConfig, parse_bool
+from service.cores import usable_cores
 
 
 def test_flag_beats_environment_beats_default() -> None:
@@ -51,7 +52,12 @@ def test_help_prints_each_default_once() -> None:
 
 
 def test_intra_op_threads_auto_is_the_cores_this_process_may_use() -> None:
-    import os
-
-    assert ServerConfig().session_threads() == len(os.sched_getaffinity(0))
+    assert ServerConfig().session_threads() == usable_cores()
     assert ServerConfig(intra_op_threads=3).session_threads() == 3
+
+
+def test_each_worker_counts_its_share_of_the_cores_as_its_own() -> None:
+    cores = usable_cores()
+    assert ServerConfig().process_cores() == cores  # one process: all of them
+    assert ServerConfig(workers=2, port=1).process_cores() == max(1, cores // 2)
+    assert ServerConfig(workers=0, port=1).process_cores() == 1  # auto: a worker per core
