@@ -1,11 +1,10 @@
 """CpuSaturation: whether the CPU a call needs has been full lately, read from this process.
 
 A grpc.aio server takes calls one at a time from its event loop, and each call's path costs
-several times a row's compute (docs/benchmarks.md, "Where the time goes"), so under load rows
-reach a batcher one by one. With spare CPU a row should run at once (latency first); once
-the CPU is full, nothing is gained by running it at once, and waiting a moment for company
-is the only way a batch forms (measured on one core at concurrency 64: 6.7 rows per batch
-instead of 1.0, and a third less server CPU per request).
+several times a row's compute (docs/benchmarks.md, "Pinned one-core peers"), so under load
+rows reach a batcher one by one. With spare CPU a row should run at once (latency first);
+once the CPU is full, nothing is gained by running it at once, and waiting a moment for
+company is the only way a batch forms.
 """
 
 from __future__ import annotations
@@ -35,8 +34,10 @@ class Saturation(Protocol):
 class CpuSaturation:
     """Full once, over a window, either this process used SATURATED_SHARE of the cores it may
     use (service/cores.py: a CPU limit counts), or the thread that asks (the event loop) was
-    busy that share of the time: the first is a core-bound server, the second a loop-bound
-    one on a many-core machine. Free again once both shares fall below RELEASED_SHARE.
+    running or waiting for a core that share of the time: the first is a core-bound server,
+    the second a loop-bound one, on a many-core machine or on a core it shares with other
+    processes (a load generator, a neighbour), where its own CPU time never looks full.
+    Free again once both shares fall below RELEASED_SHARE.
 
     Call `saturated` from the event loop's thread only (it reads that thread's CPU clock).
     """
@@ -61,13 +62,24 @@ class CpuSaturation:
         if wall >= self.window_s:
             cpu = self._cpu()
             process_share = (cpu[0] - self._cpu_since[0]) / (wall * self.cores)
-            loop_share = (cpu[1] - self._cpu_since[1]) / wall
-            busy = max(process_share, loop_share)
+            loop_demand = (cpu[1] - self._cpu_since[1]) / wall
+            busy = max(process_share, loop_demand)
             self._full = busy >= (self.release_share if self._full else self.share)
             self._since, self._cpu_since = now, cpu
         return self._full
 
 
+SCHEDSTAT = "/proc/thread-self/schedstat"
+"""Linux: the calling thread's nanoseconds running, then waiting in a run queue."""
+
+
 def _cpu_clocks() -> tuple[float, float]:
-    """(this process's, this thread's) CPU seconds."""
-    return time.process_time(), time.thread_time()
+    """(this process's CPU seconds, this thread's seconds running or waiting to run); where
+    the scheduler's statistics cannot be read, the thread's CPU seconds alone."""
+    try:
+        with open(SCHEDSTAT) as stat:
+            running_ns, waiting_ns = stat.read().split()[:2]
+        demand = (int(running_ns) + int(waiting_ns)) / 1e9
+    except (OSError, ValueError):
+        demand = time.thread_time()
+    return time.process_time(), demand

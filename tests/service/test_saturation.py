@@ -1,8 +1,10 @@
 """CpuSaturation reads this process's CPU clocks against the wall clock, with hysteresis."""
 
+import time
+
 import pytest
 
-from service.batching.saturation import CpuSaturation
+from service.batching.saturation import CpuSaturation, _cpu_clocks
 
 
 class Clocks:
@@ -64,3 +66,11 @@ def test_the_cpu_clocks_are_read_once_per_window(clocks: Clocks) -> None:
     assert not cpu.saturated()  # and the answer holds until a window has passed
     clocks.spend(0.05, process_share=1.0, thread_share=1.0, cores=2)
     assert cpu.saturated() and clocks.cpu_reads == reads + 1
+
+
+def test_the_loop_thread_counts_its_time_running_and_waiting_for_a_core() -> None:
+    deadline = time.thread_time() + 0.05
+    while time.thread_time() < deadline:  # 50 ms of this thread's CPU
+        pass
+    _, demand = _cpu_clocks()
+    assert demand >= 0.9 * time.thread_time()  # at least its CPU time: waiting only adds
