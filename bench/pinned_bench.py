@@ -133,11 +133,16 @@ def tree_cores(root: int) -> set[int]:
 
 
 def measure(server: Server, peer: Peer, point: Point, seconds: float) -> dict[str, float]:
-    """One load run from core 1; the result gains the server tree's CPU µs per answer."""
-    before = tree_cpu_s(server.proc.pid)
+    """One load run from core 1; the result gains the server tree's CPU µs per answer and,
+    for vae-serve, the mean rows of its decoder's batches (vae_batch_rows)."""
+    before, rows_before = tree_cpu_s(server.proc.pid), server.batch_rows("decoder")
     result = run_load(server.port, "Decode", point.items, point.concurrency, seconds,
                       "--connections", "1", *peer.load_flags, cores=str(LOAD_CORE))
     spent = tree_cpu_s(server.proc.pid) - before
+    rows, batches = (after - earlier for after, earlier
+                     in zip(server.batch_rows("decoder"), rows_before, strict=True))
+    if batches:
+        result["batch_rows"] = rows / batches
     if (cores := tree_cores(server.proc.pid)) != {SERVER_CORE}:
         raise RuntimeError(f"{peer.label}: threads of its process tree may run on cores "
                            f"{sorted(cores)}, not only {SERVER_CORE}: give it an explicit "
@@ -207,6 +212,13 @@ def report(peers: list[Peer], results: Results, raw: dict[int, float], command: 
         errors = sum(r["errors"] for p in POINTS for r in results[(peer.label, p)])
         lines.append(f"| {peer.label} | {p50s} | "
                      f"{median(results, peer.label, POINTS[3], 'cpu_us'):,.0f} | {errors:.0f} |")
+    batching = [peer for peer in peers if "batch_rows" in results[(peer.label, POINTS[0])][0]]
+    if batching:
+        lines += ["", f"| server | {' | '.join(f'{p.label} rows per batch' for p in POINTS)} |",
+                  rule]
+        lines += [f"| {peer.label} | "
+                  + " | ".join(f"{median(results, peer.label, p, 'batch_rows'):.1f}"
+                               for p in POINTS) + " |" for peer in batching]
     lines += ["", f"Requests/s of each round, in the order run: {per_round(peers, results)}", "",
               f"Raw ONNX Runtime, decoder.onnx on core {SERVER_CORE}, one thread: "
               + ", ".join(f"batch {n}: {us:,.1f} µs per run" for n, us in raw.items())]
