@@ -39,7 +39,7 @@ SATURATED_WAIT_S = 0.005
 company to a full CPU (service/batching/saturation.py). A call reaches the loop about every
 0.3 ms then, so a batch that waits this long gathers about 15 rows (one core, concurrency
 64); a wait ends sooner once as many rows are in as the last one's crowd (concurrency 8:
-8 rows, no idle wait)."""
+7-8 rows, no idle wait; docs/benchmarks.md, "Pinned one-core peers")."""
 COMPANY_MEMORY_S = 0.1
 """A call that met company within this long means calls come in company now. A lone client
 can fill the CPU too (one core at concurrency 1 is 70-90 % busy), but no row of it would
