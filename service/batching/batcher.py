@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -112,6 +113,8 @@ class DynamicBatcher:
         """Set when `_enough_rows` are queued: ends a wait for company."""
         self._enough_rows = max_batch_size
         """Rows that end the current wait: a full batch, or the last crowd (below)."""
+        self._flush_at = math.inf
+        """When the current wait ends at the latest (time.monotonic())."""
         self._crowd = 0
         """The most calls in flight that a row of the last batch formed by waiting for
         company saw, itself included (0: none yet); the next wait ends as soon as as many
@@ -154,7 +157,7 @@ class DynamicBatcher:
         self._queued_rows += rows
         self._observer.queue_rows(self._queued_rows)
         self._arrived.set()
-        if self._queued_rows >= self._enough_rows:
+        if self._queued_rows >= self._enough_rows or self._due_before_the_wait_ends(context):
             self._full.set()
         if len(chunks) == 1:  # the common case: no gather wrapper on the hot path
             return await chunks[0].future
@@ -347,12 +350,16 @@ class DynamicBatcher:
         return batch
 
     async def _wait_for_rows(self, wait_s: float, enough_rows: int) -> None:
-        """Until `enough_rows` are queued or the oldest row has waited `wait_s`; woken once,
-        not by every row that arrives."""
+        """Until `enough_rows` are queued or the oldest row has waited `wait_s`, and never so
+        long that a queued row would miss its deadline (a row arriving with an earlier one
+        ends the wait at once); woken once, not by every row that arrives."""
         flush_at = self._queue[0].enqueued_s + wait_s  # loop.time() is time.monotonic()
+        deadlines = [p.context.deadline_s for p in self._queue if p.context.deadline_s is not None]
+        if deadlines:
+            flush_at = min(flush_at, min(deadlines) - self._slowest_batch_s())
         if self._queued_rows >= enough_rows or flush_at <= time.monotonic():
             return
-        self._enough_rows = enough_rows
+        self._enough_rows, self._flush_at = enough_rows, flush_at
         self._full.clear()
         try:
             async with asyncio.timeout_at(flush_at):
@@ -360,7 +367,18 @@ class DynamicBatcher:
         except TimeoutError:
             pass
         finally:
-            self._enough_rows = self.max_batch_size
+            self._enough_rows, self._flush_at = self.max_batch_size, math.inf
+
+    def _due_before_the_wait_ends(self, context: RequestContext) -> bool:
+        """A wait for rows is on, and this row's deadline comes before it ends (less the time
+        a batch takes): the wait must end now."""
+        return (self._flush_at < math.inf and context.deadline_s is not None
+                and context.deadline_s - self._slowest_batch_s() < self._flush_at)
+
+    def _slowest_batch_s(self) -> float:
+        """The longest smoothed compute time of any size class measured: what a row needs
+        before its deadline to still be computed in time."""
+        return max(self._compute_s.values(), default=0.0)
 
     def _take(self) -> list[_Pending]:
         """Pop the largest batch that fits; drop chunks cancelled or past their deadline."""
