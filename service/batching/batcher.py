@@ -114,7 +114,8 @@ class DynamicBatcher:
         self._enough_rows = max_batch_size
         """Rows that end the current wait: a full batch, or the last crowd (below)."""
         self._flush_at = math.inf
-        """When the current wait ends at the latest (time.monotonic())."""
+        """When the current wait for company ends at the latest (time.monotonic()); inf
+        when none is on, or a fixed delay is, which keeps its set length."""
         self._crowd = 0
         """The most calls in flight that a row of the last batch formed by waiting for
         company saw, itself included (0: none yet); the next wait ends as soon as as many
@@ -338,28 +339,33 @@ class DynamicBatcher:
             await self._arrived.wait()
         await asyncio.sleep(0)  # let handlers that are already runnable queue their rows too
         if self._delay_s > 0:
-            await self._wait_for_rows(self._delay_s, self.max_batch_size)
+            await self._wait_for_rows(self._delay_s, self.max_batch_size,
+                                      heed_deadlines=False)  # as the user set it
             return self._take()
         if not self._crowd_on_a_full_cpu():
             return self._take()
         await self._wait_for_rows(SATURATED_WAIT_S, min(self._crowd or self.max_batch_size,
-                                                        self.max_batch_size))
+                                                        self.max_batch_size),
+                                  heed_deadlines=True)
         batch = self._take()
         if batch:
             self._crowd = 1 + max(pending.context.company for pending in batch)
         return batch
 
-    async def _wait_for_rows(self, wait_s: float, enough_rows: int) -> None:
-        """Until `enough_rows` are queued or the oldest row has waited `wait_s`, and never so
-        long that a queued row would miss its deadline (a row arriving with an earlier one
-        ends the wait at once); woken once, not by every row that arrives."""
+    async def _wait_for_rows(self, wait_s: float, enough_rows: int, heed_deadlines: bool
+                             ) -> None:
+        """Until `enough_rows` are queued or the oldest row has waited `wait_s`; woken once,
+        not by every row that arrives. With `heed_deadlines`, never so long that a queued
+        row would miss its deadline, and a row arriving with an earlier one ends the wait."""
         flush_at = self._queue[0].enqueued_s + wait_s  # loop.time() is time.monotonic()
-        deadlines = [p.context.deadline_s for p in self._queue if p.context.deadline_s is not None]
-        if deadlines:
-            flush_at = min(flush_at, min(deadlines) - self._slowest_batch_s())
+        if heed_deadlines:
+            deadlines = [p.context.deadline_s for p in self._queue
+                         if p.context.deadline_s is not None]
+            flush_at = min([flush_at, *(d - self._slowest_batch_s() for d in deadlines)])
         if self._queued_rows >= enough_rows or flush_at <= time.monotonic():
             return
-        self._enough_rows, self._flush_at = enough_rows, flush_at
+        self._enough_rows = enough_rows
+        self._flush_at = flush_at if heed_deadlines else math.inf
         self._full.clear()
         try:
             async with asyncio.timeout_at(flush_at):

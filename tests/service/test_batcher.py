@@ -323,13 +323,11 @@ async def test_one_paused_run_does_not_send_the_next_lone_requests_to_the_pool(
     await batcher.close()
 
 
-@pytest.mark.parametrize("delay_us", [0, 60_000_000], ids=["waiting for company", "fixed delay"])
-async def test_no_wait_for_rows_outlasts_a_queued_rows_deadline(
-        monkeypatch: pytest.MonkeyPatch, delay_us: int) -> None:
+async def test_no_wait_for_company_outlasts_a_queued_rows_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batcher_module, "SATURATED_WAIT_S", 60.0)
     graph = Graph()
-    batcher = DynamicBatcher("g", graph, max_batch_size=4, max_queue_delay_us=delay_us,
-                             saturation=FixedSaturation(True))
+    batcher = DynamicBatcher("g", graph, max_batch_size=4, saturation=FixedSaturation(True))
     await batcher.submit(rows(4), RequestContext(company=3))  # full: no wait; a crowd of 4
     patient = asyncio.create_task(batcher.submit(rows(1, 1)))  # waits: no deadline of its own
     await asyncio.sleep(0.01)
