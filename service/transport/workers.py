@@ -32,7 +32,6 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 from service.config import ServerConfig
-from service.cores import usable_cores
 
 logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -51,10 +50,10 @@ ServeOne = Callable[[ServerConfig, Callable[[], None]], int]
 """Runs one worker until it stops: its config, and what to call once it serves."""
 
 
-def worker_config(config: ServerConfig, workers: int) -> ServerConfig:
-    """What each worker runs: the port shared, metrics left to the parent, cores split."""
-    threads = config.intra_op_threads or max(1, usable_cores() // workers)
-    return replace(config, metrics_port=-1, intra_op_threads=threads)
+def worker_config(config: ServerConfig) -> ServerConfig:
+    """What each worker runs: the port shared, metrics left to the parent, cores split
+    (ServerConfig.process_cores)."""
+    return replace(config, metrics_port=-1, intra_op_threads=config.session_threads())
 
 
 def restart_backoff(restarts: int, served_s: float) -> tuple[float, int]:
@@ -140,7 +139,7 @@ class Supervisor:
             code = STARTUP_ERROR
             try:
                 self._become_worker(parent, ready_r)
-                code = self.serve_one(worker_config(self.config, self.workers),
+                code = self.serve_one(worker_config(self.config),
                                       lambda: _tell_serving(ready_w))
             finally:
                 sys.stdout.flush()
