@@ -245,6 +245,14 @@ def positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]
     return parse
 
 
+def require_pinning(p: argparse.ArgumentParser, cores: set[int]) -> None:
+    """A usage error unless runs can be pinned here: taskset on PATH, `cores` all allowed."""
+    if shutil.which("taskset") is None:
+        p.error("taskset is not on PATH: install util-linux")
+    if not cores <= (allowed := os.sched_getaffinity(0)):
+        p.error(f"needs cores {sorted(cores)} in this process's affinity, has {sorted(allowed)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.pinned_bench", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
@@ -258,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also vae-serve with its data plane, then ONNX Runtime, answered by "
                    "zeros (bench/ladder_server.py): what each layer costs per request")
     args = p.parse_args(argv)
-    if shutil.which("taskset") is None:
-        p.error("taskset is not on PATH: install util-linux")
-    if not {SERVER_CORE, LOAD_CORE} <= os.sched_getaffinity(0):
-        p.error(f"cores {SERVER_CORE} and {LOAD_CORE} must both be in this process's affinity")
+    require_pinning(p, {SERVER_CORE, LOAD_CORE})
     for python, script in ((KSERVE_PYTHON, "kserve_venv.sh"), (TRITON_PYTHON, "triton_venv.sh")):
         if not python.exists():
             p.error(f"{python} is missing: bash bench/{script} makes it")

@@ -46,7 +46,7 @@ from google.protobuf import proto
 from google.protobuf.message import Message
 
 from bench.load import build_request
-from bench.pinned_bench import positive, process_tree, tree_cores
+from bench.pinned_bench import positive, process_tree, require_pinning, tree_cores
 from bench.report import command_line, publish
 from bench.serve_bench import Server, on_cores, run_load, vae_server
 from service.help_format import DefaultsHelpFormatter
@@ -343,12 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the ghz binary (a path, or a name on PATH); when absent its rows are "
                    "left out")
     args = p.parse_args(argv)
-    if shutil.which("taskset") is None:
-        p.error("taskset is not on PATH: install util-linux")
+    require_pinning(p, set(CORES))
     allowed = os.sched_getaffinity(0)
-    if not set(CORES) <= allowed:
-        p.error(f"needs cores {CORES[0]} and {CORES[1]} in this process's affinity, has "
-                f"{sorted(allowed)}")
     try:
         manifest = read_manifest(resolve_version(args.repo, args.model, 0))
     except (OSError, ValueError) as err:
